@@ -22,9 +22,35 @@ from simulator.fleet import Fleet
 # Histogram buckets of http_request_duration_seconds: about 1.2x apart so that
 # histogram_quantile's linear interpolation stays within 9 % of the true p95; the thresholds
 # 0.1/0.2/0.5 s are bounds, so the estimate crosses them exactly when the true quantile does.
-LATENCY_BUCKETS = (0.005, 0.006, 0.0075, 0.009, 0.011, 0.0135, 0.0165, 0.02, 0.025, 0.03,
-                   0.0375, 0.045, 0.055, 0.07, 0.085, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
-                   0.75, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS = (
+    0.005,
+    0.006,
+    0.0075,
+    0.009,
+    0.011,
+    0.0135,
+    0.0165,
+    0.02,
+    0.025,
+    0.03,
+    0.0375,
+    0.045,
+    0.055,
+    0.07,
+    0.085,
+    0.1,
+    0.125,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+)
 LATENCY_SIGMA = 0.5  # log-normal shape of request durations
 _Z95 = 1.6448536269514722
 BACKGROUND_CAP = 0.93  # ratios stay below this without an incident
@@ -48,9 +74,32 @@ def _erf(z: NDArray[np.float64]) -> NDArray[np.float64]:
     """Vectorised error function (Numerical Recipes erfc, fractional error below 1.2e-7)."""
     a = np.abs(z)
     k = 1.0 / (1.0 + 0.5 * a)
-    poly = -a * a - 1.26551223 + k * (1.00002368 + k * (0.37409196 + k * (0.09678418 + k * (
-        -0.18628806 + k * (0.27886807 + k * (-1.13520398 + k * (1.48851587 + k * (
-            -0.82215223 + k * 0.17087277))))))))
+    poly = (
+        -a * a
+        - 1.26551223
+        + k
+        * (
+            1.00002368
+            + k
+            * (
+                0.37409196
+                + k
+                * (
+                    0.09678418
+                    + k
+                    * (
+                        -0.18628806
+                        + k
+                        * (
+                            0.27886807
+                            + k
+                            * (-1.13520398 + k * (1.48851587 + k * (-0.82215223 + k * 0.17087277)))
+                        )
+                    )
+                )
+            )
+        )
+    )
     erfc = k * np.exp(poly)
     return np.where(z >= 0, 1.0 - erfc, erfc - 1.0)
 
@@ -68,8 +117,11 @@ def histogram_quantile(
     index = np.argmax(cumulative >= rank[..., None], axis=-1)
     upper_bounds = np.array((*bounds, np.inf))
     lower_bounds = np.array((0.0, *bounds))
-    below = np.where(index > 0, np.take_along_axis(
-        cumulative, np.maximum(index - 1, 0)[..., None], -1)[..., 0], 0.0)
+    below = np.where(
+        index > 0,
+        np.take_along_axis(cumulative, np.maximum(index - 1, 0)[..., None], -1)[..., 0],
+        0.0,
+    )
     inside = np.take_along_axis(cumulative, index[..., None], -1)[..., 0] - below
     upper = upper_bounds[index]
     lower = lower_bounds[index]
@@ -114,7 +166,7 @@ class Context:
 
 def _context(fleet: Fleet, steps: NDArray[np.int64], overrides: Overrides | None, rate: float):
     steps2 = np.broadcast_to(steps, (fleet.size, steps.shape[-1]))
-    t = steps2 * float(sch.STEP)
+    t = (steps2 * sch.STEP).astype(np.float64)
     incidents = sch.scheduled_incidents(fleet, steps2, rate)
     scenario = np.ones((fleet.size, 1))
     if overrides is not None:
@@ -137,12 +189,24 @@ def _context(fleet: Fleet, steps: NDArray[np.int64], overrides: Overrides | None
     ).astype(np.int64)
     state = sch.background_states(fleet, steps2)
     incident_state = np.select(
-        [phase == 1, phase == 2], [np.where(progress < 0.4, sch.HEAVY_LOAD, sch.DEGRADED),
-                                   sch.CRITICAL], default=sch.RECOVERING)
+        [phase == 1, phase == 2],
+        [np.where(progress < 0.4, sch.HEAVY_LOAD, sch.DEGRADED), sch.CRITICAL],
+        default=sch.RECOVERING,
+    )
     state = np.where(inside, incident_state, np.where(calm, sch.HEALTHY, state))
     background = np.where(calm, 1.0, sch.STATE_MULTIPLIER[state])
-    return Context(fleet, steps2, t, sch.load_factor(fleet, t), state, background * scenario,
-                   incidents, progress, after, phase)
+    return Context(
+        fleet,
+        steps2,
+        t,
+        sch.load_factor(fleet, t),
+        state,
+        background * scenario,
+        incidents,
+        progress,
+        after,
+        phase,
+    )
 
 
 def _ramp_to(ctx: Context, kind: str, value, nominal_at_breach, exponent: float = 1.0):
@@ -163,7 +227,11 @@ def _cpu(ctx: Context, cpu_batch) -> NDArray[np.float64]:
     load_at_breach = sch.load_factor(fleet, ctx.incidents.breach)
     breach_nominal = softcap(ctx.at(ctx.t, "cpu") * load_at_breach * cpu_batch, 0.7, BACKGROUND_CAP)
     cpu = _ramp_to(ctx, "cpu_saturation", cpu, breach_nominal, 1.3)
-    held = 0.96 + 0.03 * np.minimum(1.0, 3.0 * ctx.after) + 0.003 * _noise(fleet, "cpu_hold", ctx.steps)
+    held = (
+        0.96
+        + 0.03 * np.minimum(1.0, 3.0 * ctx.after)
+        + 0.003 * _noise(fleet, "cpu_hold", ctx.steps)
+    )
     return np.where(ctx.active("cpu_saturation", 2), np.clip(held, 0.951, 0.999), cpu)
 
 
@@ -203,8 +271,11 @@ def _latency_p95(ctx: Context, cpu) -> NDArray[np.float64]:
     base = ctx.at(ctx.t, "latency_p95") * queueing(cpu) / queueing(ctx.at(ctx.t, "cpu"))
     noisy = base * np.sqrt(ctx.multiplier) * np.exp(0.08 * _noise(fleet, "latency", ctx.steps))
     latency = softcap(noisy, 0.25, LATENCY_CAP)
-    breach_nominal = ctx.at(ctx.t, "latency_p95") * queueing(ctx.at(ctx.t, "cpu") * sch.load_factor(
-        fleet, ctx.incidents.breach)) / queueing(ctx.at(ctx.t, "cpu"))
+    breach_nominal = (
+        ctx.at(ctx.t, "latency_p95")
+        * queueing(ctx.at(ctx.t, "cpu") * sch.load_factor(fleet, ctx.incidents.breach))
+        / queueing(ctx.at(ctx.t, "cpu"))
+    )
     latency = _ramp_to(ctx, "latency_degradation", latency, breach_nominal, 2.0)
     held = 0.5 * (1.05 + 0.4 * np.minimum(1.0, 3.0 * ctx.after))
     return np.where(ctx.active("latency_degradation", 2), held, latency)
@@ -226,61 +297,83 @@ def evaluate(
     latency_target = _latency_p95(ctx, cpu)
     out: dict[str, NDArray] = {
         "state": ctx.state,
-        "incident": ctx.incidents.kind,
+        "incident": np.where((ctx.phase == 1) | (ctx.phase == 2), ctx.incidents.kind, -1),
         "cpu_utilisation": cpu,
         "memory_utilisation": _memory(ctx),
         "filesystem_utilisation": _filesystem(ctx),
     }
     out.update(_throughput(ctx, io_batch))
     out.update(_requests(ctx, latency_target))
-    out["load1"] = ctx.at(cpu, "cpus") * (cpu + 5.0 * np.maximum(cpu - 0.8, 0.0)) * np.exp(
-        0.05 * _noise(fleet, "load1", ctx.steps))
+    out["load1"] = (
+        ctx.at(cpu, "cpus")
+        * (cpu + 5.0 * np.maximum(cpu - 0.8, 0.0))
+        * np.exp(0.05 * _noise(fleet, "load1", ctx.steps))
+    )
     return out
 
 
 def _throughput(ctx: Context, io_batch) -> dict[str, NDArray]:
     """Disk and network byte rates; a filling filesystem adds its growth to the writes."""
     fleet, m = ctx.fleet, ctx.multiplier
-    io = ctx.at(ctx.t, "disk_io") * ctx.load * m * io_batch * np.exp(
-        0.25 * _noise(fleet, "disk_io", ctx.steps) - 0.03125)
+    io = (
+        ctx.at(ctx.t, "disk_io")
+        * ctx.load
+        * m
+        * io_batch
+        * np.exp(0.25 * _noise(fleet, "disk_io", ctx.steps) - 0.03125)
+    )
     read = io * ctx.at(io, "read_fraction")
     write = io - read
     fill = ctx.active("filesystem_fill", 1)
-    fill_rate = (sch.KIND_BY_NAME["filesystem_fill"].threshold - _filesystem_nominal(
-        fleet, ctx.incidents.start)) * ctx.at(io, "filesystem_bytes") / np.maximum(
-        ctx.incidents.breach - ctx.incidents.start, 1.0)
+    fill_rate = (
+        (
+            sch.KIND_BY_NAME["filesystem_fill"].threshold
+            - _filesystem_nominal(fleet, ctx.incidents.start)
+        )
+        * ctx.at(io, "filesystem_bytes")
+        / np.maximum(ctx.incidents.breach - ctx.incidents.start, 1.0)
+    )
     write = write + np.where(fill, np.maximum(fill_rate, 0.0), 0.0)
     traffic = ctx.load * (1.0 + 0.2 * (m - 1.0))
     return {
         "disk_read": read,
         "disk_write": write,
         "disk_io": read + write,
-        "network_receive": ctx.at(io, "net_rx") * traffic * np.exp(
-            0.15 * _noise(fleet, "net_rx", ctx.steps) - 0.01125),
-        "network_transmit": ctx.at(io, "net_tx") * traffic * np.exp(
-            0.15 * _noise(fleet, "net_tx", ctx.steps) - 0.01125),
+        "network_receive": ctx.at(io, "net_rx")
+        * traffic
+        * np.exp(0.15 * _noise(fleet, "net_rx", ctx.steps) - 0.01125),
+        "network_transmit": ctx.at(io, "net_tx")
+        * traffic
+        * np.exp(0.15 * _noise(fleet, "net_tx", ctx.steps) - 0.01125),
     }
 
 
 def _requests(ctx: Context, latency_target) -> dict[str, NDArray]:
     """HTTP request and GC rates, the error ratio and the latency histogram's bucket shares."""
     fleet, m = ctx.fleet, ctx.multiplier
-    requests = ctx.at(ctx.t, "requests") * ctx.load * np.exp(
-        0.05 * _noise(fleet, "requests", ctx.steps))
+    requests = (
+        ctx.at(ctx.t, "requests") * ctx.load * np.exp(0.05 * _noise(fleet, "requests", ctx.steps))
+    )
     lat = ctx.active("latency_degradation", 1)
-    errors = ctx.at(ctx.t, "error_ratio") * m**3 * np.exp(
-        0.3 * _noise(fleet, "errors", ctx.steps) - 0.045)
+    errors = (
+        ctx.at(ctx.t, "error_ratio")
+        * m**3
+        * np.exp(0.3 * _noise(fleet, "errors", ctx.steps) - 0.045)
+    )
     errors = errors + np.where(lat, 0.04 * ctx.progress**1.5, 0.0)
     errors = np.where(ctx.active("latency_degradation", 2), errors + 0.05, errors)
     errors = np.where(ctx.active("cpu_saturation"), errors * (1.0 + 5.0 * ctx.progress), errors)
     gc_pause = ctx.at(ctx.t, "gc_pause") * m**0.7 * np.exp(0.15 * _noise(fleet, "gc", ctx.steps))
-    gc_pause = np.where(lat | ctx.active("latency_degradation", 2),
-                        gc_pause * (1.0 + 6.0 * ctx.progress), gc_pause)
-    gc_pause = np.where(ctx.active("memory_leak"), gc_pause * (1.0 + 2.0 * ctx.progress**2),
-                        gc_pause)
+    gc_pause = np.where(
+        lat | ctx.active("latency_degradation", 2), gc_pause * (1.0 + 6.0 * ctx.progress), gc_pause
+    )
+    gc_pause = np.where(
+        ctx.active("memory_leak"), gc_pause * (1.0 + 2.0 * ctx.progress**2), gc_pause
+    )
     median = latency_target / np.exp(_Z95 * LATENCY_SIGMA)
-    shares = np.stack([_share(le, median) for le in LATENCY_BUCKETS] + [np.ones_like(median)],
-                      axis=-1)
+    shares = np.stack(
+        [_share(le, median) for le in LATENCY_BUCKETS] + [np.ones_like(median)], axis=-1
+    )
     return {
         "requests": requests,
         "http_error_ratio": np.clip(errors, 0.0, 0.5),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from simulator import rng
 from simulator.fleet import Fleet
@@ -43,22 +43,22 @@ EPISODE_KINDS = (
 MORNING_SPIKE_PROBABILITY = 0.5  # per node and weekday
 
 
-def hour_of_day(t: NDArray[np.float64]) -> NDArray[np.float64]:
+def hour_of_day(t: ArrayLike) -> NDArray[np.float64]:
     """Hour of day in UTC (fractional)."""
-    return np.mod(t, DAY) / 3600.0
+    return np.mod(np.asarray(t, dtype=np.float64), DAY) / 3600.0
 
 
-def day_of_week(t: NDArray[np.float64]) -> NDArray[np.int64]:
+def day_of_week(t: ArrayLike) -> NDArray[np.int64]:
     """ISO day of week minus one (Monday 0 ... Sunday 6) in UTC."""
-    return np.mod(np.floor_divide(t, DAY).astype(np.int64) + 3, 7)
+    return np.mod(np.floor_divide(np.asarray(t, dtype=np.float64), DAY).astype(np.int64) + 3, 7)
 
 
-def diurnal(t: NDArray[np.float64]) -> NDArray[np.float64]:
+def diurnal(t: ArrayLike) -> NDArray[np.float64]:
     """Diurnal load multiplier at unix time(s) `t`."""
     return np.interp(hour_of_day(t), _DIURNAL_HOURS, _DIURNAL_VALUES)
 
 
-def load_factor(fleet: Fleet, t: NDArray[np.float64]) -> NDArray[np.float64]:
+def load_factor(fleet: Fleet, t: ArrayLike) -> NDArray[np.float64]:
     """Demand multiplier per node and time: diurnal curve times the profile's weekend factor.
 
     `t` has shape (nodes, steps) or (steps,); the result has shape (nodes, steps).
@@ -68,7 +68,7 @@ def load_factor(fleet: Fleet, t: NDArray[np.float64]) -> NDArray[np.float64]:
     return diurnal(t2) * np.where(weekend, fleet["weekend"][:, None], 1.0)
 
 
-def batch_factors(fleet: Fleet, t: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
+def batch_factors(fleet: Fleet, t: ArrayLike) -> tuple[NDArray[np.float64], ...]:
     """Nightly batch work: (cpu, disk I/O) multipliers for ETL runs and database backups."""
     hour = hour_of_day(np.broadcast_to(t, (fleet.size, np.shape(t)[-1])))
     profiles = np.array(fleet.profiles)[:, None]
@@ -206,7 +206,9 @@ def _slot_incidents(fleet: Fleet, slot: NDArray[np.int64], rate: float) -> Incid
     hold = np.zeros(kind.shape, dtype=np.int64)
     for code, k in enumerate(INCIDENT_KINDS):
         is_kind = kind == code
-        p_len = k.precursor[0] + (rng.uniform(key, base + 2) * (k.precursor[1] - k.precursor[0] + 1))
+        p_len = k.precursor[0] + (
+            rng.uniform(key, base + 2) * (k.precursor[1] - k.precursor[0] + 1)
+        )
         h_len = k.hold[0] + (rng.uniform(key, base + 3) * (k.hold[1] - k.hold[0] + 1))
         precursor = np.where(is_kind, p_len.astype(np.int64), precursor)
         hold = np.where(is_kind, h_len.astype(np.int64), hold)
