@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException
 
@@ -28,6 +28,8 @@ from simulator.exposition import NodeCollector
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
+# Only legacy metric names are served, so the classic text format describes the output exactly.
+EXPOSITION_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ApiError(HTTPException):
@@ -108,14 +110,14 @@ def build_app(engine: Engine, token: str | None = None) -> FastAPI:
     @app.get("/metrics")
     def metrics(node: Annotated[str | None, Query(max_length=128)] = None) -> Response:
         if node is None:
-            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+            return Response(generate_latest(registry), media_type=EXPOSITION_TYPE)
         try:
             view = engine.view(node)
         except KeyError:
             scrapes.labels("unknown_node").inc()
             raise ApiError(404, "unknown node", f"no node named {node!r}") from None
         scrapes.labels("ok").inc()
-        return Response(generate_latest(NodeCollector(view)), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(NodeCollector(view)), media_type=EXPOSITION_TYPE)
 
     @app.get("/status")
     def status() -> dict:

@@ -159,16 +159,18 @@ def load_config(argv: list[str], environ: dict[str, str]) -> Config:
     config_file = flags.pop("config_file")
     options = {**COMMON, **COMMANDS[command]}
     values: dict[str, Any] = {}
-    layers = [(_yaml(parser, config_file), "key"), (_env(options, environ), "variable")]
-    for layer, what in layers:
-        for key, raw in layer.items():
-            if key not in options:
-                parser.error(f"unknown {what} {key!r}")
-            dest, kind, _ = options[key]
+    for source, layer in (("key", _yaml(parser, config_file)), ("variable", _env(environ))):
+        for name, raw in layer.items():
+            flag = name if source == "key" else _flag_of_env(name, options)
+            if flag not in options:
+                if source == "key":
+                    parser.error(f"unknown key {name!r} in --config.file")
+                continue
+            dest, kind, _ = options[flag]
             try:
                 values[dest] = kind(raw) if raw is not None else None
             except (TypeError, ValueError) as exc:
-                parser.error(f"invalid {what} {key!r}: {exc}")
+                parser.error(f"invalid {source} {name!r}: {exc}")
     values.update(flags)
     names = {f.name for f in fields(Config)}
     config = Config(command=command, **{k: v for k, v in values.items() if k in names})
@@ -179,6 +181,7 @@ def load_config(argv: list[str], environ: dict[str, str]) -> Config:
 
 
 def _yaml(parser: argparse.ArgumentParser, path: Path | None) -> dict[str, object]:
+    """Keys of the YAML file as flags (`servers` -> `--servers`)."""
     if path is None:
         return {}
     try:
@@ -190,12 +193,16 @@ def _yaml(parser: argparse.ArgumentParser, path: Path | None) -> dict[str, objec
     return {f"--{k}": v for k, v in data.items()}
 
 
-def _env(options: dict, environ: dict[str, str]) -> dict[str, object]:
-    names = {
-        "SIMULATOR_" + flag[2:].upper().replace(".", "_").replace("-", "_"): flag
-        for flag in options
-    }
-    return {names[k]: v for k, v in environ.items() if k in names}
+def _env(environ: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k.startswith("SIMULATOR_")}
+
+
+def _flag_of_env(name: str, options: dict[str, Option]) -> str | None:
+    """The flag a SIMULATOR_* variable sets (SIMULATOR_SEED -> --seed), or None."""
+    for flag in options:
+        if "SIMULATOR_" + flag[2:].upper().replace(".", "_").replace("-", "_") == name:
+            return flag
+    return None
 
 
 def _validate(c: Config) -> str | None:

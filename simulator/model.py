@@ -298,6 +298,7 @@ def evaluate(
     out: dict[str, NDArray] = {
         "state": ctx.state,
         "incident": np.where((ctx.phase == 1) | (ctx.phase == 2), ctx.incidents.kind, -1),
+        "incident_phase": ctx.phase,
         "cpu_utilisation": cpu,
         "memory_utilisation": _memory(ctx),
         "filesystem_utilisation": _filesystem(ctx),

@@ -27,7 +27,7 @@ AFFECTED_SHARE = 0.25
 # that its weekday business-hours (09:00-17:00) mean is exactly 1: baselines are those means.
 _DIURNAL_HOURS = np.array([0, 3, 5, 6, 7.5, 9, 11, 12, 13, 15, 17, 19, 21, 22, 24], dtype=float)
 _DIURNAL_VALUES = np.array(
-    [0.55, 0.42, 0.45, 0.6, 0.8, 1.0, 1.12, 1.08, 1.05, 1.12, 1.0, 0.88, 0.78, 0.68, 0.55]
+    [0.55, 0.45, 0.47, 0.6, 0.8, 1.0, 1.12, 1.08, 1.05, 1.12, 1.0, 0.9, 0.8, 0.7, 0.55]
 )
 _BUSINESS = np.linspace(9.0, 17.0, 961)
 _DIURNAL_VALUES = _DIURNAL_VALUES / np.interp(_BUSINESS, _DIURNAL_HOURS, _DIURNAL_VALUES).mean()

@@ -1,0 +1,93 @@
+# Set-up and entry points. On a fresh Debian 12 machine (Python 3.11, root) two commands do all
+# set-up:  `make demo`  and  `make test`. Both install what is missing first and are idempotent.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+# Debian packages: the real Prometheus, Alertmanager (amtool) and node_exporter used by the demo
+# and the tests, and docker-compose (installed without the Docker engine) to validate
+# docker-compose.yml.
+APT_PACKAGES ?= prometheus prometheus-alertmanager prometheus-node-exporter docker-compose
+# Matches the command lines of daemons that apt's maintainer scripts may start.
+DAEMON_PATTERN := ^/usr/bin/prometheus
+
+VENV_PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help demo test install apt lint clean
+
+help:
+	@echo "make demo     install what is missing, then start the demo stack (python -m stack demo)"
+	@echo "make test     install what is missing, then run every test"
+	@echo "make install  Debian packages + virtual environment $(VENV) with the project"
+	@echo "make apt      only the Debian packages: $(APT_PACKAGES)"
+	@echo "make lint     ruff check, ruff format --check, lint-imports, mypy"
+	@echo "make clean    remove $(VENV) and caches"
+
+demo: install
+	$(VENV_PY) -m stack demo
+
+test: install
+	$(VENV_PY) -m pytest
+
+install: apt $(STAMP)
+
+# The virtual environment. torch goes first, pinned: `pip install torch==$(TORCH_VERSION)` takes
+# the local CPU wheel, while an unpinned torch would pull several GB of CUDA packages. The stamp
+# is refreshed whenever pyproject.toml (or this file) changes; pip skips what is already there.
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "$(PYTHON) is Python %d.%d; 3.11 or later is needed" % sys.version_info[:2])'
+	@if [ ! -x $(VENV_PY) ] || ! $(VENV_PY) -c 'import sys' 2>/dev/null; then \
+		echo "creating virtual environment $(VENV) with $$($(PYTHON) --version)"; \
+		rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); \
+	fi
+	$(VENV_PY) -m pip install --disable-pip-version-check torch==$(TORCH_VERSION)
+	$(VENV_PY) -m pip install --disable-pip-version-check -e '.[ml,dev]'
+	@touch $@
+
+# Installs the Debian packages that are missing; does nothing (not even `apt-get update`) when
+# all are there. A policy-rc.d that answers 101 keeps the maintainer scripts from starting the
+# services; any daemon that started anyway during the install is stopped by its PID.
+apt:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'install ok installed' \
+			|| missing="$$missing $$pkg"; \
+	done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
+	if [ -z "$$missing" ]; then echo "apt: Debian packages present ($(APT_PACKAGES))"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "apt: missing Debian packages:$$missing"; \
+		echo "apt: not root, so not installing them; run 'sudo make apt' (tests that need them fail under CI and are skipped elsewhere)"; \
+		exit 0; \
+	fi; \
+	echo "apt: installing$$missing"; \
+	before=$$(pgrep -f '$(DAEMON_PATTERN)' | sort || true); \
+	created_policy=""; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
+		created_policy=1; \
+	fi; \
+	status=0; \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends $$missing; } || status=$$?; \
+	if [ -n "$$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	after=$$(pgrep -f '$(DAEMON_PATTERN)' | sort || true); \
+	for pid in $$(comm -13 <(echo "$$before") <(echo "$$after")); do \
+		echo "apt: stopping daemon started by the package install: PID $$pid ($$(cat /proc/$$pid/cmdline 2>/dev/null | tr '\0' ' '))"; \
+		kill "$$pid" 2>/dev/null || true; \
+	done; \
+	exit $$status
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
