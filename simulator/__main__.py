@@ -13,6 +13,8 @@ from simulator import schedule as sch
 from simulator.config import Config, is_loopback, load_config, split_address
 
 log = logging.getLogger("simulator")
+# Raw series for backfilling: enough for a day of graphs plus rate windows, not the whole span.
+DEFAULT_OPENMETRICS_HOURS = 26.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +103,7 @@ def _history(config: Config) -> int:
     epoch = config.epoch if config.epoch is not None else first * sch.STEP
     hours = config.openmetrics_hours
     if hours is None:
-        hours = min(config.days * 24, 48.0)
+        hours = min(config.days * 24, DEFAULT_OPENMETRICS_HOURS)
     spec = HistorySpec(
         first,
         last,
