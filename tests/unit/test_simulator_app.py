@@ -75,7 +75,9 @@ def test_scenario_set_changes_the_scenario(client):
     response = client.post("/scenario/set", json={"scenario": "degrading"})
     assert response.status_code == 200
     assert len(response.json()["affected_servers"]) == 5
-    assert client.get("/status").json()["affected_servers"] == 5
+    status = client.get("/status").json()
+    assert status["affected_servers"] == 5
+    assert status["scenario_changes"][-1]["scenario"] == "degrading"
 
 
 def test_unknown_scenario_is_400_naming_the_valid_ones(client):
