@@ -129,6 +129,7 @@ def build_app(engine: Engine, token: str | None = None) -> FastAPI:
             "affected_servers": len(engine.affected_servers()),
             "affected": engine.affected_servers(),
             "epoch": engine.epoch,
+            "scenario_changes": engine.changes[-100:],
             "incident_rate": engine.incident_rate,
         }
 
