@@ -112,6 +112,7 @@ def _history(config: Config) -> int:
         hours,
         int(config.scrape_interval),
         config.job,
+        openmetrics_end=end,
     )
     started = time.perf_counter()
     meta = write_history(

@@ -161,7 +161,7 @@ class Engine:
                 rates = channel_rates(self._evaluate(steps))
                 self._base = self._base + rates.sum(axis=1) * sch.STEP
             self._step = target
-            self._segment_start = (target - 1) * sch.STEP
+            self._segment_start = max((target - 1) * sch.STEP, self.epoch)
             self._load_step(target)
 
     def _change(self, apply: Callable[[], None]) -> None:

@@ -59,6 +59,9 @@ class HistorySpec:
     openmetrics_hours: float = 0.0
     scrape_interval: int = 60
     job: str = "node"
+    # Raw samples may run past the last full step, up to this time (default: the last row):
+    # the demo backfills right up to the moment the live scrapes take over.
+    openmetrics_end: float | None = None
 
     @property
     def start(self) -> float:
@@ -212,11 +215,14 @@ def _cumulative(fleet: Fleet, spec: HistorySpec, first: int, last: int):
 
 def write_openmetrics(fleet: Fleet, spec: HistorySpec, path: Path) -> dict:
     """Raw series at scrape spacing over the last `openmetrics_hours` hours ending at `end`."""
-    span = int(spec.openmetrics_hours * 3600) // spec.scrape_interval * spec.scrape_interval
-    times = np.arange(spec.end - span, spec.end + 1, spec.scrape_interval, dtype=np.float64)
-    times = times[times >= spec.epoch]
+    interval = spec.scrape_interval
+    end = spec.end if spec.openmetrics_end is None else spec.openmetrics_end // interval * interval
+    span = int(spec.openmetrics_hours * 3600) // interval * interval
+    times = np.arange(end - span, end + 1, interval, dtype=np.float64)
+    times = times[times > spec.epoch]  # counters start at the epoch: nothing to show before
     first = int(np.ceil(times[0] / sch.STEP))
-    steps, ends, rates, values = _cumulative(fleet, spec, first, spec.last_step)
+    last = int(np.ceil(times[-1] / sch.STEP))
+    steps, ends, rates, values = _cumulative(fleet, spec, first, last)
     index = np.ceil(times / sch.STEP).astype(np.int64) - first  # step holding each sample
     since = times - (steps[index] - 1) * sch.STEP  # seconds into that step
     gauge_names = ("load1", "memory_utilisation", "filesystem_utilisation", "state", "incident")

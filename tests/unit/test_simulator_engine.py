@@ -86,6 +86,50 @@ def test_live_exposition_continues_the_openmetrics_history_exactly(history):
             assert backfill[key][int(clock.now)] == pytest.approx(value, rel=1e-12), key
 
 
+def test_openmetrics_starting_at_the_epoch_continues_into_live_counters(tmp_path):
+    fleet = build_fleet(3, seed=42)
+    first = int(EPOCH // sch.STEP)
+    spec = HistorySpec(first, first + 12, EPOCH, openmetrics_hours=1)
+    write_history(fleet, spec, tmp_path, ["test"])
+    backfill = _openmetrics(tmp_path / "openmetrics.txt")
+    assert min(min(series) for series in backfill.values()) > EPOCH
+    clock = FakeClock(EPOCH + 1800)
+    live = exposition(Engine(fleet, EPOCH, clock=clock), "ppml001")
+    key = ("http_requests_total", (("code", "200"),))
+    labels = {"code": "200", "instance": "ppml001", "job": "node", "profile": "ml_compute"}
+    assert backfill[(key[0], tuple(sorted(labels.items())))][int(clock.now)] == pytest.approx(
+        live[key], rel=1e-12
+    )
+    assert exposition(Engine(fleet, EPOCH, clock=FakeClock(EPOCH)), "ppml001")[key] == 0.0
+
+
+def test_openmetrics_can_run_past_the_last_full_step_up_to_now(tmp_path):
+    fleet = build_fleet(3, seed=42)
+    first = int(EPOCH // sch.STEP)
+    now = EPOCH + 7200 + 137.5  # 2 minutes into a step
+    spec = HistorySpec(first, first + 24, EPOCH, openmetrics_hours=1, openmetrics_end=now)
+    meta = write_history(fleet, spec, tmp_path, ["test"])
+    assert meta["openmetrics"]["end"] == EPOCH + 7200 + 120
+    backfill = _openmetrics(tmp_path / "openmetrics.txt")
+    live = exposition(Engine(fleet, EPOCH, clock=FakeClock(EPOCH + 7320)), "ppweb001")
+    for (name, labels), value in live.items():
+        if name.endswith(COUNTERS) or name.startswith("node_memory"):
+            key = (
+                name,
+                tuple(
+                    sorted(
+                        {
+                            **dict(labels),
+                            "instance": "ppweb001",
+                            "job": "node",
+                            "profile": "web_api",
+                        }.items()
+                    )
+                ),
+            )
+            assert backfill[key][int(EPOCH + 7320)] == pytest.approx(value, rel=1e-12), key
+
+
 def test_openmetrics_history_has_every_series_for_every_node(history):
     fleet, out, _ = history
     backfill = _openmetrics(out / "openmetrics.txt")
