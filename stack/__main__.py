@@ -54,6 +54,11 @@ def demo_banner(info: StackInfo) -> str:
         f" {info.simulator_url}/scenario/set",
         f"  curl {info.simulator_url}/status",
         "",
+        "Break one node now (memory_leak, filesystem_fill, cpu_saturation, latency_degradation):",
+        "  python -m simulator incident --node ppdb001 --kind memory_leak --ramp 20m"
+        f" --url {info.simulator_url}",
+        f"  curl {info.simulator_url}/incidents",
+        "",
     ]
     return "\n".join(lines)
 

@@ -281,6 +281,7 @@ def test_demo_banner_shows_urls_queries_and_scenario_commands() -> None:
     assert "prometheus 11, simulator 12" in banner
     assert "instance:cpu_utilisation:rate5m" in banner
     assert "python -m simulator scenario critical --url http://127.0.0.1:2" in banner
+    assert "python -m simulator incident --node ppdb001 --kind memory_leak" in banner
     assert "http://127.0.0.1:2/scenario/set" in banner
 
 
