@@ -104,19 +104,28 @@ def _estimator(kind: str, data: dict[str, Any]) -> Any:
 # -- model hyper-parameters ---------------------------------------------------------------------
 
 
-def quantile_loss(quantiles: list[float], targets: int) -> MultiLoss:
-    """The training loss: one quantile loss per target."""
-    return MultiLoss([QuantileLoss(quantiles=list(quantiles)) for _ in range(targets)])
+def quantile_loss(quantiles: list[float], weights: list[float]) -> MultiLoss:
+    """The training loss: one quantile loss per target, weighted by 1 / its typical size.
+
+    pytorch-forecasting scores predictions in original units, so without weights a target in
+    bytes/s would drown one in ratios; with them each term is a normalised quantile loss.
+    """
+    losses = [QuantileLoss(quantiles=list(quantiles)) for _ in weights]
+    return MultiLoss(losses, weights=[float(w) for w in weights])
 
 
-def hparams_to_json(hparams: dict[str, Any], quantiles: list[float]) -> dict[str, Any]:
-    """The model's hyper-parameters as JSON: objects replaced by data that rebuilds them."""
+def hparams_to_json(model: Any, quantiles: list[float]) -> dict[str, Any]:
+    """A model's hyper-parameters as JSON: objects replaced by data that rebuilds them."""
+    hparams = dict(model.hparams)
     skipped = {"loss", "logging_metrics", "output_transformer", "dataset_parameters"}
     plain = {k: to_json(v) for k, v in hparams.items() if k not in skipped}
     plain["embedding_sizes"] = {k: list(v) for k, v in hparams["embedding_sizes"].items()}
     return {
         "hparams": plain,
-        "loss": {"quantiles": list(quantiles), "targets": len(hparams["output_size"])},
+        "loss": {
+            "quantiles": list(quantiles),
+            "weights": [float(w) for w in model.loss.weights],
+        },
         "output_transformer": to_json(hparams["output_transformer"]),
     }
 
@@ -125,7 +134,7 @@ def hparams_from_json(data: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for `TemporalFusionTransformer(**kwargs)` from `hparams_to_json`."""
     hparams = from_json(data["hparams"])
     hparams["embedding_sizes"] = {k: tuple(v) for k, v in hparams["embedding_sizes"].items()}
-    hparams["loss"] = quantile_loss(data["loss"]["quantiles"], data["loss"]["targets"])
+    hparams["loss"] = quantile_loss(data["loss"]["quantiles"], data["loss"]["weights"])
     hparams["output_transformer"] = from_json(data["output_transformer"])
     hparams["logging_metrics"] = torch.nn.ModuleList([])
     return hparams

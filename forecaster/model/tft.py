@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytorch_forecasting
 import torch
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
@@ -35,8 +36,16 @@ class ModelBundle:
     parameters: dict[str, Any]  # TimeSeriesDataSet parameters: encoders, scalers, normalisers
 
 
-def build_model(dataset: TimeSeriesDataSet, config: TFTConfig) -> TemporalFusionTransformer:
-    """A fresh TFT shaped by `dataset` and `config`."""
+def loss_weights(frame: pd.DataFrame, config: TFTConfig) -> list[float]:
+    """1 / mean |y| per target over the training frame (1.0 for an all-zero target)."""
+    means = frame[list(config.targets)].abs().mean().to_numpy()
+    return [1.0 / m if m > 0 else 1.0 for m in means]
+
+
+def build_model(
+    dataset: TimeSeriesDataSet, config: TFTConfig, weights: list[float]
+) -> TemporalFusionTransformer:
+    """A fresh TFT shaped by `dataset` and `config`, its loss weighted per target."""
     return TemporalFusionTransformer.from_dataset(
         dataset,
         hidden_size=config.hidden_size,
@@ -44,7 +53,7 @@ def build_model(dataset: TimeSeriesDataSet, config: TFTConfig) -> TemporalFusion
         hidden_continuous_size=config.hidden_continuous_size,
         dropout=config.dropout,
         learning_rate=config.learning_rate,
-        loss=quantile_loss(list(config.quantiles), len(config.targets)),
+        loss=quantile_loss(list(config.quantiles), weights),
         logging_metrics=torch.nn.ModuleList([]),
         log_interval=-1,
         reduce_on_plateau_patience=1000,  # None breaks under Lightning 2.6
@@ -57,7 +66,7 @@ def save_bundle(bundle: ModelBundle, directory: Path) -> list[str]:
     save_model(bundle.model, str(directory / WEIGHTS))
     model_config = {
         "config": bundle.config.to_json(),
-        **hparams_to_json(dict(bundle.model.hparams), list(bundle.config.quantiles)),
+        **hparams_to_json(bundle.model, list(bundle.config.quantiles)),
         "libraries": {
             "torch": torch.__version__,
             "pytorch_forecasting": pytorch_forecasting.__version__,

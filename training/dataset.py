@@ -1,0 +1,48 @@
+"""Training frames: contiguous, NaN-free series segments in the model's columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from forecaster.features import STEP_SECONDS
+from forecaster.model.config import TFTConfig
+from forecaster.model.dataset import GROUP, TIME, model_frame
+
+MAX_FILL_STEPS = 3  # gaps up to 15 minutes are interpolated; longer ones split a series
+
+
+def segments(wide: pd.DataFrame, config: TFTConfig) -> pd.DataFrame:
+    """Model frame of every gap-free stretch long enough for one training window.
+
+    Short gaps are interpolated per series; rows still incomplete split the series into
+    segments named `<instance>@<n>`, and segments shorter than encoder + horizon are dropped.
+    Missing values are never invented beyond MAX_FILL_STEPS.
+    """
+    columns = [*config.targets, *config.covariates]
+    frame = model_frame(_fill_short_gaps(wide, columns), config)
+    complete = frame[columns].notna().all(axis=1).to_numpy()
+    series = frame[GROUP].to_numpy()
+    time_idx = frame[TIME].to_numpy()
+    starts = np.r_[True, (series[1:] != series[:-1]) | (np.diff(time_idx) != 1)]
+    starts |= np.r_[True, complete[1:] != complete[:-1]]
+    segment_id = np.cumsum(starts)
+    frame[GROUP] = [f"{s}@{k}" for s, k in zip(series, segment_id, strict=True)]
+    frame = frame[complete]
+    sizes = frame.groupby(GROUP)[TIME].transform("size")
+    return frame[sizes >= config.encoder_length + config.horizon].reset_index(drop=True)
+
+
+def _fill_short_gaps(wide: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Re-index each instance on the full 5-minute grid and interpolate short gaps only."""
+    pieces = []
+    for instance, rows in wide.groupby("instance", sort=True):
+        indexed = rows.set_index("timestamp").sort_index()
+        grid = pd.date_range(indexed.index[0], indexed.index[-1], freq=f"{STEP_SECONDS}s")
+        filled = indexed.reindex(grid)
+        filled[columns] = filled[columns].interpolate(limit=MAX_FILL_STEPS, limit_area="inside")
+        filled["instance"] = instance
+        if "profile" in filled.columns:
+            filled["profile"] = filled["profile"].ffill().bfill()
+        pieces.append(filled.rename_axis("timestamp").reset_index())
+    return pd.concat(pieces, ignore_index=True)

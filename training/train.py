@@ -1,0 +1,229 @@
+"""`python -m training.train`: train the TFT on history and write a new registry version.
+
+History comes from a parquet file (the simulator's wide format or a long format) or from
+Prometheus (`--prometheus.url` with `--start`/`--end`, one query_range per quantity, split
+under 11,000 points per series). Training is seeded, time-boxed and writes no checkpoint
+(Lightning's .ckpt files are pickles); the result is a version directory of safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from pytorch_forecasting import TimeSeriesDataSet
+
+from forecaster.contract import load_contract
+from forecaster.features import host_id, profile_of
+from forecaster.frames import read_history
+from forecaster.model.config import TFTConfig
+from forecaster.model.dataset import TIME, make_dataset, with_unknown_copies
+from forecaster.model.tft import ModelBundle, build_model, loss_weights, save_bundle
+from forecaster.promql import fetch_history
+from forecaster.registry import Registry, new_version, write_json_atomic
+from training.dataset import segments
+
+log = logging.getLogger("training.train")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How long and how to train (the model's shape is in TFTConfig)."""
+
+    seed: int = 42
+    batch_size: int = 64
+    max_time_s: float = 18 * 60
+    max_epochs: int = 100
+    batches_per_epoch: int = 50
+    validation_days: float = 1.0
+    device: str = "auto"
+    threads: int | None = None
+
+
+def accelerator(device: str) -> str:
+    """Lightning accelerator for --device auto|cpu|cuda."""
+    if device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu" if device == "cuda" else "cpu"
+
+
+def datasets(
+    wide: pd.DataFrame, config: TFTConfig, options: TrainOptions
+) -> tuple[TimeSeriesDataSet, TimeSeriesDataSet, list[float]]:
+    """Training windows before the last `validation_days`, validation windows after it, and
+    the per-target loss weights from the training rows."""
+    frame = segments(wide, config)
+    if frame.empty:
+        raise ValueError("no series segment is long enough for one window (encoder + horizon)")
+    cutoff = int(frame[TIME].max() - options.validation_days * 288)
+    train_frame = with_unknown_copies(
+        frame[frame[TIME] <= cutoff], config.mask_fraction, options.seed
+    )
+    training = make_dataset(train_frame, config)
+    validation = TimeSeriesDataSet.from_dataset(
+        training, frame, min_prediction_idx=cutoff + 1, stop_randomization=True
+    )
+    return training, validation, loss_weights(train_frame, config)
+
+
+def train(
+    wide: pd.DataFrame, config: TFTConfig, options: TrainOptions
+) -> tuple[ModelBundle, dict[str, Any]]:
+    """Fit a model; returns it with the training metrics."""
+    pl.seed_everything(options.seed, workers=True, verbose=False)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    training, validation, weights = datasets(wide, config, options)
+    model = build_model(training, config, weights)
+    trainer = pl.Trainer(
+        accelerator=accelerator(options.device),
+        devices=1,
+        max_epochs=options.max_epochs,
+        max_time={"seconds": int(options.max_time_s)},
+        limit_train_batches=options.batches_per_epoch,
+        limit_val_batches=20,
+        num_sanity_val_steps=0,
+        gradient_clip_val=0.1,
+        enable_checkpointing=False,
+        logger=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
+    started = time.monotonic()
+    trainer.fit(
+        model,
+        train_dataloaders=training.to_dataloader(
+            train=True, batch_size=options.batch_size, num_workers=0
+        ),
+        val_dataloaders=validation.to_dataloader(
+            train=False, batch_size=options.batch_size * 2, num_workers=0
+        ),
+    )
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(
+        seconds=round(time.monotonic() - started, 1),
+        epochs=trainer.current_epoch,
+        steps=trainer.global_step,
+        training_windows=len(training),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
+    model.eval()
+    return ModelBundle(config, model.cpu(), training.get_parameters()), metrics
+
+
+def write_version(
+    registry: Registry, bundle: ModelBundle, wide: pd.DataFrame, info: dict[str, Any]
+) -> str:
+    """Store a trained bundle as a new version (atomic rename); returns the version name."""
+    version = info.get("version") or new_version()
+    registry.remove_stale_tmp()
+    with registry.staging(version) as staged:
+        save_bundle(bundle, staged)
+        instances = sorted(wide["instance"].astype(str).unique())
+        profiles = dict(
+            zip(wide["instance"].astype(str), wide.get("profile", pd.Series()), strict=False)
+        )
+        mapping = {
+            "version": "1",
+            "encoding": "sha256 of the instance name, first 16 hex digits",
+            "servers": {
+                i: {"id": host_id(i), "profile": profile_of(i, profiles.get(i))} for i in instances
+            },
+        }
+        write_json_atomic(staged / "server_mapping.json", mapping)
+        registry.commit(staged, version, {k: v for k, v in info.items() if k != "version"})
+    return version
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="parquet history (file or directory)")
+    source.add_argument("--prometheus.url", dest="prometheus_url", help="Prometheus base URL")
+    parser.add_argument("--start", type=pd.Timestamp, help="with --prometheus.url: range start")
+    parser.add_argument("--end", type=pd.Timestamp, help="with --prometheus.url: range end")
+    parser.add_argument("--models.dir", dest="models_dir", type=Path, default=Path("models"))
+    parser.add_argument("--version", help="version name (default: vYYYYMMDD-HHMMSS)")
+    parser.add_argument("--promote", action="store_true", help="make it the current version")
+    parser.add_argument("--targets", help="comma-separated target quantities")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-minutes", type=float, default=18.0)
+    parser.add_argument("--batches-per-epoch", type=int, default=50)
+    parser.add_argument("--hidden-size", type=int, default=16)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--log.level", dest="log_level", default="info")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
+    )
+    contract = load_contract()
+    targets = tuple(args.targets.split(",")) if args.targets else TFTConfig().targets
+    unknown = [t for t in targets if t not in {q.name for q in contract.quantities}]
+    if unknown:
+        parser.error(f"--targets: not in the data contract: {unknown}")
+    config = TFTConfig(
+        targets=targets,
+        hidden_size=args.hidden_size,
+        transformations={k: v for k, v in TFTConfig().transformations.items() if k in targets},
+    )
+    quantities = [*config.targets, *config.covariates]
+    if args.data is not None:
+        wide = read_history(args.data, quantities)
+    else:
+        if args.start is None or args.end is None:
+            parser.error("--prometheus.url needs --start and --end")
+        expressions = {q: contract[q].expr for q in quantities}
+        wide = fetch_history(
+            args.prometheus_url, expressions, args.start.timestamp(), args.end.timestamp()
+        )
+    options = TrainOptions(
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_time_s=args.max_minutes * 60,
+        batches_per_epoch=args.batches_per_epoch,
+        device=args.device,
+        threads=args.threads,
+    )
+    bundle, metrics = train(wide, config, options)
+    info = {
+        "version": args.version,
+        "contract_version": contract.version,
+        "command": shlex.join(["python", "-m", "training.train", *(argv or sys.argv[1:])]),
+        "data": {
+            "source": str(args.data or args.prometheus_url),
+            "start": str(wide["timestamp"].min()),
+            "end": str(wide["timestamp"].max()),
+            "instances": int(wide["instance"].nunique()),
+        },
+        "seed": options.seed,
+        "metrics": metrics,
+        "host": {"cpus": os.cpu_count(), "device": accelerator(options.device)},
+    }
+    registry = Registry(args.models_dir)
+    version = write_version(registry, bundle, wide, info)
+    if args.promote:
+        registry.promote(version, contract.version)
+    log.info("wrote version %s in %s (%s)", version, args.models_dir, metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
