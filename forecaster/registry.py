@@ -175,6 +175,20 @@ class Registry:
         _fsync_dir(self.root)
         return target
 
+    def amend(self, version: str, name: str, data: Any, contract_version: str) -> None:
+        """Add or replace one JSON file of a verified version and re-hash it in the manifest.
+
+        Used to attach a backtest to a version after training; the file and then the
+        manifest are each replaced atomically.
+        """
+        if "/" in name or not name.endswith(".json") or name == MANIFEST:
+            raise RegistryError("invalid_name", f"cannot amend {name!r}")
+        manifest = self.verify(version, contract_version)
+        directory = self.path(version)
+        write_json_atomic(directory / name, data)
+        files = {**manifest.files, name: sha256_of(directory / name)}
+        write_json_atomic(directory / MANIFEST, {**manifest.info, "files": files})
+
     def promote(self, version: str, contract_version: str) -> None:
         """Point `current` at a verified `version`, remembering the one it replaces."""
         self.verify(version, contract_version)

@@ -137,7 +137,9 @@ def test_sigkill_while_writing_leaves_the_pointer_and_no_final_version(tmp_path)
     registry = Registry(tmp_path)
     _version(registry, "v1")
     registry.promote("v1", CONTRACT)
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     assert child.stdout is not None and child.stdout.readline().strip() == b"writing"
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=10)
@@ -152,3 +154,13 @@ def test_version_names_sort_by_time_and_are_valid(tmp_path):
     later = new_version(datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC))
     assert earlier == "v20261123-095959" and later > earlier
     assert Registry(tmp_path).path(later) == tmp_path / later
+
+
+def test_amending_a_version_rehashes_its_manifest(tmp_path):
+    registry = Registry(tmp_path)
+    _version(registry, "v1")
+    registry.amend("v1", "backtest.json", {"nql": 0.1}, CONTRACT)
+    manifest = registry.verify("v1", CONTRACT)
+    assert "backtest.json" in manifest.files
+    with pytest.raises(RegistryError):
+        registry.amend("v1", "../x.json", {}, CONTRACT)
