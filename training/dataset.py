@@ -10,6 +10,8 @@ from forecaster.model.config import TFTConfig
 from forecaster.model.dataset import GROUP, TIME, model_frame
 
 MAX_FILL_STEPS = 3  # gaps up to 15 minutes are interpolated; longer ones split a series
+WEIGHT = "weight"
+DAY_STEPS = 288
 
 
 def segments(wide: pd.DataFrame, config: TFTConfig) -> pd.DataFrame:
@@ -46,3 +48,29 @@ def _fill_short_gaps(wide: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
             filled["profile"] = filled["profile"].ffill().bfill()
         pieces.append(filled.rename_axis("timestamp").reset_index())
     return pd.concat(pieces, ignore_index=True)
+
+
+def excursion_weights(frame: pd.DataFrame, config: TFTConfig, strength: float) -> np.ndarray:
+    """Per-row loss weights 1 + strength * (how far the targets stray from their recent normal).
+
+    The excursion of a row is its largest robust z-score over the targets, against the series'
+    trailing 24 h median and median absolute deviation, rising from 0 at |z| = 3 to 1 at
+    |z| = 6, so ordinary daily swings keep weight 1. Rare
+    departures such as an incident's precursor then count more in the loss than the long calm
+    stretches between them. Uses the data alone (no labels); weights are never model inputs.
+    """
+    if strength <= 0:
+        return np.ones(len(frame))
+    grouped = frame.groupby(GROUP, sort=False)
+    excursion = np.zeros(len(frame))
+    for target in config.targets:
+        rolling = grouped[target].rolling(DAY_STEPS, min_periods=12)
+        median = rolling.median().reset_index(level=0, drop=True).reindex(frame.index)
+        deviation = (frame[target] - median).abs()
+        spread = deviation.groupby(frame[GROUP]).transform(
+            lambda d: d.rolling(DAY_STEPS, min_periods=12).median()
+        )
+        scale = spread.where(spread > 0).fillna(deviation.median() or 1.0) * 1.4826
+        z = (deviation / scale).fillna(0.0).to_numpy()
+        excursion = np.maximum(excursion, np.clip((z - 3.0) / 3.0, 0.0, 1.0))
+    return 1.0 + strength * excursion

@@ -32,7 +32,7 @@ from forecaster.model.dataset import TIME, make_dataset, with_unknown_copies
 from forecaster.model.tft import ModelBundle, build_model, loss_weights, save_bundle
 from forecaster.promql import fetch_history
 from forecaster.registry import Registry, new_version, write_json_atomic
-from training.dataset import segments
+from training.dataset import WEIGHT, excursion_weights, segments
 
 log = logging.getLogger("training.train")
 
@@ -47,6 +47,7 @@ class TrainOptions:
     max_epochs: int = 100
     batches_per_epoch: int = 50
     validation_days: float = 1.0
+    excursion_weight: float = 0.0  # extra loss weight on rows far from their recent normal
     device: str = "auto"
     threads: int | None = None
 
@@ -66,11 +67,12 @@ def datasets(
     frame = segments(wide, config)
     if frame.empty:
         raise ValueError("no series segment is long enough for one window (encoder + horizon)")
+    frame[WEIGHT] = excursion_weights(frame, config, options.excursion_weight)
     cutoff = int(frame[TIME].max() - options.validation_days * 288)
     train_frame = with_unknown_copies(
         frame[frame[TIME] <= cutoff], config.mask_fraction, options.seed
     )
-    training = make_dataset(train_frame, config)
+    training = make_dataset(train_frame, config, weight=WEIGHT)
     validation = TimeSeriesDataSet.from_dataset(
         training, frame, min_prediction_idx=cutoff + 1, stop_randomization=True
     )
@@ -162,6 +164,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-minutes", type=float, default=18.0)
     parser.add_argument("--batches-per-epoch", type=int, default=50)
     parser.add_argument("--hidden-size", type=int, default=16)
+    parser.add_argument(
+        "--excursion-weight",
+        type=float,
+        default=0.0,
+        help="extra loss weight (0 = none) on steps far from their recent normal, e.g. 4",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--log.level", dest="log_level", default="info")
@@ -202,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_time_s=args.max_minutes * 60,
         batches_per_epoch=args.batches_per_epoch,
+        excursion_weight=args.excursion_weight,
         device=args.device,
         threads=args.threads,
     )

@@ -18,7 +18,7 @@ from forecaster.registry import Registry
 from simulator.fleet import build_fleet
 from simulator.history import HistorySpec, write_history
 from training.backtest import BacktestSpec, origins, run_backtest, to_grid
-from training.dataset import segments
+from training.dataset import excursion_weights, segments
 from training.train import TrainOptions, train, write_version
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -45,6 +45,19 @@ def test_gaps_split_series_and_short_gaps_are_filled(wide):
     assert frame[list(CONFIG.targets)].notna().all().all()
     names = frame["series"].unique()
     assert sum(n.startswith(holed["instance"].iloc[0]) for n in names) == 2
+
+
+def test_excursion_weights_single_out_departures_from_the_recent_normal(wide):
+    frame = segments(wide, CONFIG)
+    calm = excursion_weights(frame, CONFIG, 4.0)
+    assert excursion_weights(frame, CONFIG, 0.0).tolist() == [1.0] * len(frame)
+    spiked = frame.copy()
+    row = spiked.index[spiked["series"] == spiked["series"].iloc[0]][600]
+    spiked.loc[row, "memory_utilisation"] = 0.99
+    weights = excursion_weights(spiked, CONFIG, 4.0)
+    assert weights[row] == 5.0 and calm[row] < 5.0
+    assert ((weights >= 1.0) & (weights <= 5.0)).all()
+    assert np.median(calm) == 1.0
 
 
 @pytest.fixture(scope="module")
