@@ -63,10 +63,11 @@ def fetch_history(
     *,
     step: int = STEP_SECONDS,
     timeout: float = DEFAULT_TIMEOUT,
+    transport: httpx.BaseTransport | None = None,
 ) -> pd.DataFrame:
     """A wide frame of every quantity in `expressions` (name -> PromQL) over [start, end]."""
     parts: dict[str, pd.DataFrame] = {}
-    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as client:
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, transport=transport) as client:
         for name, expr in expressions.items():
             frames = [
                 from_query_range(answer, name, step).frame
