@@ -165,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches-per-epoch", type=int, default=50)
     parser.add_argument("--hidden-size", type=int, default=16)
     parser.add_argument(
+        "--normalisation",
+        choices=("mean", "last"),
+        default="mean",
+        help="centre each window on its mean (library default) or on its last value",
+    )
+    parser.add_argument(
         "--excursion-weight",
         type=float,
         default=0.0,
@@ -193,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TFTConfig(
         targets=targets,
         hidden_size=args.hidden_size,
+        normalisation=args.normalisation,
         transformations={k: v for k, v in TFTConfig().transformations.items() if k in targets},
     )
     quantities = [*config.targets, *config.covariates]

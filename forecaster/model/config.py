@@ -49,6 +49,7 @@ class TFTConfig:
     transformations: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TRANSFORMATIONS))
     log_covariates: tuple[str, ...] = DEFAULT_LOG_COVARIATES
     mask_fraction: float = 0.2  # share of training series also shown with profile/host unknown
+    normalisation: str = "mean"  # per-window target centre: "mean" (library) or "last" value
     calendar: tuple[str, ...] = CALENDAR
 
     def __post_init__(self) -> None:
@@ -58,6 +59,8 @@ class TFTConfig:
             raise ValueError("quantiles must be increasing and include 0.5")
         if not 1 <= self.min_encoder_length <= self.encoder_length:
             raise ValueError("min_encoder_length must be in [1, encoder_length]")
+        if self.normalisation not in ("mean", "last"):
+            raise ValueError("normalisation must be 'mean' or 'last'")
         unknown = set(self.transformations) - set(self.targets)
         if unknown:
             raise ValueError(f"transformations for quantities that are not targets: {unknown}")

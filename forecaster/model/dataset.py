@@ -13,6 +13,7 @@ from pytorch_forecasting.data import EncoderNormalizer, MultiNormalizer, NaNLabe
 
 from forecaster.features import STEP_SECONDS, UNKNOWN, calendar, host_id, profile_of
 from forecaster.model.config import LOG_FLOOR, TFTConfig
+from forecaster.model.normalizers import LastValueNormalizer
 
 GROUP = "series"
 TIME = "time_idx"
@@ -78,8 +79,9 @@ def with_unknown_copies(frame: pd.DataFrame, fraction: float, seed: int) -> pd.D
 
 def make_dataset(frame: pd.DataFrame, config: TFTConfig, **kwargs: Any) -> TimeSeriesDataSet:
     """The training TimeSeriesDataSet (extra keyword arguments go to its constructor)."""
+    kind = LastValueNormalizer if config.normalisation == "last" else EncoderNormalizer
     normalizers = [
-        EncoderNormalizer(method="standard", transformation=config.transformations.get(t))
+        kind(method="standard", transformation=config.transformations.get(t))
         for t in config.targets
     ]
     return TimeSeriesDataSet(

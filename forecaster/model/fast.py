@@ -141,15 +141,20 @@ class FastPredictor:
         return encoder, decoder, scales
 
     def _normalise_target(self, index: int, name: str, values, valid):
-        """Per-window standardisation over the encoder, as EncoderNormalizer does (float32)."""
+        """Per-window standardisation over the encoder, as the dataset's normaliser does
+        (float32): scale = std of the window; centre = its mean, or its last value."""
         normalizer = self.bundle.parameters["target_normalizer"].normalizers[index]
         y = torch.from_numpy(model_input(name, values, self.config).astype(np.float32))
         y = normalizer.preprocess(y)
         mask = torch.from_numpy(valid)
         count = mask.sum(dim=1)
-        center = torch.where(mask, y, 0.0).sum(dim=1) / count
-        variance = torch.where(mask, (y - center[:, None]) ** 2, 0.0).sum(dim=1) / (count - 1)
+        mean = torch.where(mask, y, 0.0).sum(dim=1) / count
+        variance = torch.where(mask, (y - mean[:, None]) ** 2, 0.0).sum(dim=1) / (count - 1)
         scale = variance.sqrt() + torch.finfo(torch.float32).eps
+        if self.config.normalisation == "last":  # the last valid step of the right-padded row
+            center = y[torch.arange(len(count)), count - 1]
+        else:
+            center = mean
         normalised = torch.where(mask, (y - center[:, None]) / scale[:, None], 0.0)
         return normalised.numpy(), center.numpy(), scale.numpy()
 

@@ -17,10 +17,13 @@ from pytorch_forecasting.data.encoders import TorchNormalizer
 from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
 from sklearn.preprocessing import StandardScaler
 
+from forecaster.model.normalizers import LastValueNormalizer
+
 ESTIMATORS: dict[str, type] = {
     "NaNLabelEncoder": NaNLabelEncoder,
     "StandardScaler": StandardScaler,
     "EncoderNormalizer": EncoderNormalizer,
+    "LastValueNormalizer": LastValueNormalizer,
     "MultiNormalizer": MultiNormalizer,
     "TorchNormalizer": TorchNormalizer,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import pickle
 import warnings
 
@@ -45,14 +46,18 @@ def wide(tmp_path_factory):
     return read_history(out, QUANTITIES)
 
 
-@pytest.fixture(scope="module")
-def bundle(wide):
-    """An untrained tiny model: the arithmetic of both paths is what is under test."""
+def _untrained(wide, config):
     torch.manual_seed(0)
     train = wide[wide["timestamp"] < wide["timestamp"].max() - pd.Timedelta(days=1)]
-    dataset = make_dataset(with_unknown_copies(model_frame(train, CONFIG), 0.3, 0), CONFIG)
-    model = build_model(dataset, CONFIG, [1.0] * len(CONFIG.targets)).eval()
-    return ModelBundle(CONFIG, model, dataset.get_parameters())
+    dataset = make_dataset(with_unknown_copies(model_frame(train, config), 0.3, 0), config)
+    model = build_model(dataset, config, [1.0] * len(config.targets)).eval()
+    return ModelBundle(config, model, dataset.get_parameters())
+
+
+@pytest.fixture(scope="module", params=["mean", "last"])
+def bundle(wide, request):
+    """An untrained tiny model per per-window centring: the arithmetic is what is tested."""
+    return _untrained(wide, dataclasses.replace(CONFIG, normalisation=request.param))
 
 
 CASES = [("ppdb001", 288), ("ppml001", 150), ("ppcon001", 36), ("ppweb001", 288)]
@@ -63,11 +68,11 @@ def _library_forecast(bundle, wide, end):
     rows = []
     for instance, length in CASES:
         history = wide[(wide["instance"] == instance) & (wide["timestamp"] <= end)].tail(length)
-        future = pd.DataFrame([history.iloc[-1]] * CONFIG.horizon)
+        future = pd.DataFrame([history.iloc[-1]] * bundle.config.horizon)
         future["timestamp"] = [end + pd.Timedelta(minutes=5 * (i + 1)) for i in range(96)]
         rows += [history, future]
     frame = pd.concat(rows, ignore_index=True).replace({"instance": RENAMED})
-    frame = known_categories(bundle.parameters, model_frame(frame, CONFIG))
+    frame = known_categories(bundle.parameters, model_frame(frame, bundle.config))
     dataset = TimeSeriesDataSet.from_parameters(bundle.parameters, frame, predict=True)
     result = bundle.model.predict(dataset, mode="quantiles", batch_size=8, return_index=True)
     output = np.stack([o.numpy() for o in result.output], axis=2)
