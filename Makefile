@@ -86,12 +86,12 @@ apt:
 # The shipped default model: 14 days x 20 simulated servers (seed 42) for training, a later
 # week of a different fleet (seed 7) held out for the backtest. Same commands as recorded in
 # models/<version>/training_info.json and backtest.json.
-MODEL_VERSION ?= default-v1
+MODEL_VERSION ?= default-v3
 model: install
 	$(VENV_PY) -m simulator history --days 14 --servers 20 --seed 42 --end 2026-11-16T00:00:00Z --openmetrics-hours 0 --out data/train-seed42
 	$(VENV_PY) -m simulator history --days 8 --servers 20 --seed 7 --end 2026-11-23T00:00:00Z --openmetrics-hours 0 --out data/holdout-seed7
-	$(VENV_PY) -m training.train --data data/train-seed42 --models.dir models --version $(MODEL_VERSION) --promote --seed 42 --max-minutes 18
-	$(VENV_PY) -m training.backtest --data data/holdout-seed7 --models.dir models --version $(MODEL_VERSION) --attach --report docs/BACKTEST.md --incidents data/holdout-seed7/incidents.parquet
+	$(VENV_PY) -m training.train --data data/train-seed42 --models.dir models --version $(MODEL_VERSION) --promote --seed 42 --max-minutes 18 --excursion-weight 2 --normalisation last
+	$(VENV_PY) -m training.backtest --data data/holdout-seed7 --models.dir models --version $(MODEL_VERSION) --attach --report docs/BACKTEST-$(MODEL_VERSION).md --incidents data/holdout-seed7/incidents.parquet
 
 lint: install
 	$(VENV)/bin/ruff check .
