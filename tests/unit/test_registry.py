@@ -121,15 +121,14 @@ def test_a_failed_write_leaves_no_version_behind(tmp_path):
 
 
 WRITER = """
-import sys, time
-from datetime import UTC, datetime
+import sys
 from pathlib import Path
 from forecaster.registry import Registry
 registry = Registry(Path(sys.argv[1]))
 with registry.staging("v2") as staged:
     (staged / "model.safetensors").write_bytes(b"x" * 1024)
     print("writing", flush=True)
-    time.sleep(60)
+    sys.stdin.readline()  # mid-write until killed
 """
 
 
