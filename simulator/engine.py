@@ -137,12 +137,8 @@ class Engine:
         return model.Overrides(multiplier, incidents)
 
     def _evaluate(self, steps: NDArray[np.int64]) -> dict[str, NDArray]:
-        overrides = self._overrides()
-        if overrides.incidents is not None:
-            inc = overrides.incidents
-            broadcast = [np.broadcast_to(a, (self.fleet.size, steps.size)) for a in inc.astuple()]
-            overrides = model.Overrides(overrides.scenario, sch.Incidents(*broadcast))
-        return model.evaluate(self.fleet, steps, overrides, self.incident_rate)
+        # Injected incidents are (nodes, 1) arrays; Incidents.override broadcasts them.
+        return model.evaluate(self.fleet, steps, self._overrides(), self.incident_rate)
 
     def _load_step(self, step: int) -> None:
         values = self._evaluate(np.array([step]))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from forecaster.contract import load_contract
 from forecaster.features import STEP_SECONDS, host_id, profile_of
 from forecaster.frames import read_history
+from forecaster.model.dataset import epoch_seconds
 from forecaster.model.fast import Batch, FastPredictor
 from forecaster.model.tft import ModelBundle, load_bundle
 from forecaster.registry import Registry
@@ -70,10 +71,8 @@ class Grid:
 
 def to_grid(wide: pd.DataFrame, quantities: list[str]) -> Grid:
     """Pivot a wide frame onto a complete (instance, step) grid; missing cells are NaN."""
-    seconds = (pd.to_datetime(wide["timestamp"], utc=True) - pd.Timestamp(0, tz="UTC")) // (
-        pd.Timedelta(seconds=1)
-    )
-    steps = (seconds // STEP_SECONDS).to_numpy()
+    seconds = epoch_seconds(wide["timestamp"])
+    steps = seconds // STEP_SECONDS
     instances = tuple(sorted(wide["instance"].astype(str).unique()))
     row = pd.Index(instances).get_indexer(wide["instance"].astype(str))
     first, last = int(steps.min()), int(steps.max())

@@ -133,14 +133,12 @@ def write_version(
     with registry.staging(version) as staged:
         save_bundle(bundle, staged)
         instances = sorted(wide["instance"].astype(str).unique())
-        profiles = dict(
-            zip(wide["instance"].astype(str), wide.get("profile", pd.Series()), strict=False)
-        )
+        labels = wide.groupby("instance")["profile"].first() if "profile" in wide else {}
         mapping = {
             "version": "1",
             "encoding": "sha256 of the instance name, first 16 hex digits",
             "servers": {
-                i: {"id": host_id(i), "profile": profile_of(i, profiles.get(i))} for i in instances
+                i: {"id": host_id(i), "profile": profile_of(i, labels.get(i))} for i in instances
             },
         }
         write_json_atomic(staged / "server_mapping.json", mapping)
