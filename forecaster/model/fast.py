@@ -62,15 +62,38 @@ class FastPredictor:
 
     def predict(self, batch: Batch) -> NDArray[np.float64]:
         """Forecasts of every series in `batch`, quantiles sorted (never crossing)."""
-        outputs = []
+        return self.predict_with_importance(batch)[0]
+
+    @property
+    def encoder_variables(self) -> list[str]:
+        """Names of the encoder inputs, in the order of the importance columns."""
+        return list(self.model.encoder_variables)
+
+    def predict_with_importance(
+        self, batch: Batch
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Forecasts (N, horizon, targets, quantiles), sorted, and each series' encoder
+        variable-selection weights averaged over its real history (N, len(encoder_variables)),
+        the quantity the library's `interpret_output` reports per sample."""
+        outputs, weights = [], []
         for lo in range(0, len(batch.lengths), self.batch_size):
             part = slice(lo, lo + self.batch_size)
             x = self.inputs(batch, part)
             with torch.inference_mode():
-                prediction = self.model(x)["prediction"]
-            stacked = torch.stack(list(prediction), dim=2)  # (n, horizon, targets, quantiles)
+                out = self.model(x)
+                stacked = torch.stack(list(out["prediction"]), dim=2)  # (n, h, targets, q)
+                selection = out["encoder_variables"].squeeze(-2)  # (n, width, variables)
+                lengths = x["encoder_lengths"]
+                valid = torch.arange(selection.size(1), device=lengths.device)[None, :]
+                mask = (valid < lengths[:, None]).unsqueeze(-1)
+                mean = (selection * mask).sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1)
             outputs.append(stacked.to(torch.float64).cpu().numpy())
-        return np.sort(np.concatenate(outputs, axis=0), axis=-1)
+            weights.append(mean.to(torch.float64).cpu().numpy())
+        if not outputs:
+            shape = (0, self.config.horizon, len(self.config.targets), len(self.config.quantiles))
+            return np.zeros(shape), np.zeros((0, len(self.encoder_variables)))
+        forecasts = np.sort(np.concatenate(outputs, axis=0), axis=-1)
+        return forecasts, np.concatenate(weights, axis=0)
 
     def inputs(self, batch: Batch, part: slice) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """The network's input dictionary for the series in `part`, as the dataset builds it."""

@@ -1,0 +1,198 @@
+"""The immutable forecast snapshot: everything `/metrics`, REST and WebSocket serve.
+
+The forecaster builds one `Snapshot` per cycle and hands it, with the service's `ServiceState`,
+to the exporter (`publish`). Nothing here is computed on a request: the collector and the HTTP
+handlers only read these objects. Arrays are numpy arrays made read-only by `frozen_array`.
+
+Units are the data contract's base units (ratio 0-1, seconds, bytes per second); times are unix
+seconds (UTC). Forecast step k (0-based) is the value expected at `origin + (k + 1) * step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+from numpy.typing import NDArray
+
+STEP_SECONDS = 300
+# Exported horizons: label -> steps ahead (1-based), so that `x{horizon="1h"} offset 1h`
+# lines up with the actual value.
+HORIZONS: Mapping[str, int] = MappingProxyType(
+    {"5m": 1, "30m": 6, "1h": 12, "2h": 24, "4h": 48, "8h": 96}
+)
+QUANTILES = (0.1, 0.5, 0.9)
+QUANTILE_LABELS = ("0.1", "0.5", "0.9")
+# Breach-probability windows: label -> steps covered from the origin.
+WINDOWS: Mapping[str, int] = MappingProxyType({"30m": 6, "8h": 96})
+METHODS = ("tft", "heuristic")
+PRIORITIES = ("P1", "P2", "P3")
+FLEET_HEALTH = ("healthy", "warning", "critical")
+THRESHOLD_LEVELS = ("warning", "critical")
+# Contract unit -> metric-name suffix (Prometheus base-unit naming).
+UNIT_SUFFIX: Mapping[str, str] = MappingProxyType(
+    {"ratio": "ratio", "seconds": "seconds", "bytes_per_second": "bytes_per_second"}
+)
+
+
+def frozen_array(values: object, dtype: type = np.float64) -> NDArray[np.float64]:
+    """A read-only copy of `values` as a numpy array."""
+    array = np.array(values, dtype=dtype, copy=True)
+    array.flags.writeable = False
+    return array
+
+
+def metric_name(quantity: str, unit: str) -> str:
+    """`forecaster_predicted_<quantity>_<unit>` for a contract quantity."""
+    suffix = UNIT_SUFFIX.get(unit, unit)
+    return f"forecaster_predicted_{quantity}_{suffix}"
+
+
+@dataclass(frozen=True)
+class QuantityForecast:
+    """One instance's forecast of one quantity over the whole horizon.
+
+    `quantiles` is (horizon, 3): p10, p50, p90 per step, never crossing. `current` is the last
+    observed value; `trend` the least-squares slope of the last hour of observations, in units
+    per hour (positive: rising). `method` is "tft" or "heuristic".
+    """
+
+    quantity: str
+    unit: str
+    method: str
+    quantiles: NDArray[np.float64]
+    current: float
+    trend: float
+
+    def at(self, horizon: str) -> NDArray[np.float64]:
+        """(p10, p50, p90) at an exported horizon label such as "30m"."""
+        return self.quantiles[HORIZONS[horizon] - 1]
+
+
+@dataclass(frozen=True)
+class Breach:
+    """Breach outlook of one quantity against its critical threshold.
+
+    `probability` maps a `WINDOWS` label to P(value > threshold at some step of the window),
+    derived from the quantile forecast. `time_to_breach` is the seconds from the origin to the
+    first step whose p50 passes the threshold, None when it does not within the horizon.
+    """
+
+    quantity: str
+    threshold: float
+    probability: Mapping[str, float]
+    time_to_breach: float | None
+
+
+@dataclass(frozen=True)
+class Risk:
+    """The seed's per-server risk score (0-100) and its parts, with a human message."""
+
+    score: float
+    priority: str  # P1 >= 70, P2 >= 40, else P3
+    cpu_risk: float
+    mem_risk: float
+    latency_risk: float
+    message: str
+
+
+@dataclass(frozen=True)
+class InstanceSnapshot:
+    """Everything known about one instance after a cycle.
+
+    `origin` is the time of the last observed grid step (the forecast origin); `made_at` is when
+    the forecast was computed (staleness is judged on it); `last_seen` the newest sample.
+    `warmup_steps` of `warmup_required` steps of history are in memory. `drivers` are the
+    model's most important input variables with their weights (largest first; empty for the
+    heuristic).
+    """
+
+    instance: str
+    profile: str
+    origin: float
+    made_at: float
+    last_seen: float
+    warmup_steps: int
+    warmup_required: int
+    forecasts: Mapping[str, QuantityForecast]
+    breaches: Mapping[str, Breach]
+    risk: Risk
+    drivers: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def method(self) -> str:
+        """ "tft" when every quantity came from the model, else "heuristic"."""
+        methods = {f.method for f in self.forecasts.values()}
+        return "tft" if methods == {"tft"} else "heuristic"
+
+    @property
+    def warmup_progress(self) -> float:
+        """Share of the required history that is in memory, 0-1."""
+        if self.warmup_required <= 0:
+            return 1.0
+        return min(1.0, self.warmup_steps / self.warmup_required)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Fleet-wide outlook (seed 004 section 4)."""
+
+    prob_30m: float
+    prob_8h: float
+    high_risk_servers: int
+    total_servers: int
+    fleet_health: str  # healthy | warning | critical
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Online accuracy of forecasts made earlier, scored once the actual values arrived."""
+
+    quantity: str
+    horizon: str
+    nql: float  # normalised quantile loss, 2 * sum(pinball) / sum(|y|), mean over quantiles
+    coverage: float  # share of actual values inside [p10, p90]
+    samples: int
+
+
+EMPTY_ENVIRONMENT = Environment(0.0, 0.0, 0, 0, "healthy")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The forecasts of one cycle; replaced as a whole, never mutated."""
+
+    generated_at: float
+    instances: Mapping[str, InstanceSnapshot]
+    environment: Environment = EMPTY_ENVIRONMENT
+    thresholds: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (q, level)
+    accuracy: tuple[Accuracy, ...] = ()
+    units: Mapping[str, str] = field(default_factory=dict)  # quantity -> contract unit
+    step_seconds: int = STEP_SECONDS
+
+
+EMPTY_SNAPSHOT = Snapshot(generated_at=0.0, instances=MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """The service's own state, published with every cycle, failed ones included."""
+
+    source_up: bool = False
+    last_success: float | None = None  # unix seconds of the last successful cycle
+    cycles_total: int = 0
+    cycle_failures: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    last_cycle_duration: float = 0.0
+    last_cycle_end: float | None = None
+    input_partial: bool = False
+    model_loaded: bool = False
+    model_version: str | None = None
+    contract_version: str = "1.0.0"
+    shard_index: int = 0
+    shard_count: int = 1
+    clean_events: Mapping[str, int] = field(default_factory=dict)  # cleaner reason -> count
+    dropped_series: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    model_load_failures: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    started_at: float = 0.0

@@ -1,0 +1,374 @@
+"""The forecaster's configuration: defaults < YAML (--config.file) < FORECASTER_* env < flags.
+
+`load_config(argv, environ)` is pure apart from reading the files it is pointed at and returns
+one frozen, validated `Config`. Every scalar setting has a flag named after its YAML path
+(`prometheus.url` -> `--prometheus.url`, `web.listen_address` -> `--web.listen-address`) and an
+environment variable (`FORECASTER_PROMETHEUS_URL`, `FORECASTER_WEB_LISTEN_ADDRESS`); lists and
+maps (quantities, thresholds, risk tiers) come from YAML only. Durations are Prometheus strings
+(`90s`, `5m`, `1h30m`). Invalid input raises `ConfigError` naming the key; `__main__` turns it
+into exit code 2.
+
+A sample YAML file::
+
+    prometheus:
+      url: http://127.0.0.1:9090
+      timeout: 30s
+    web:
+      listen_address: 127.0.0.1:9465
+      token_file: /run/secrets/forecaster_token
+    cycle:
+      interval: 60s
+      stale_after: 30m
+    quantities: [cpu_utilisation, memory_utilisation, request_latency_p95]
+    custom_quantities:
+      nginx_active:
+        expr: sum by (instance) (nginx_connections_active)
+        unit: tasks
+        domain: [0, null]
+    thresholds:
+      cpu_utilisation: {warning: 0.9, critical: 0.95}
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from forecaster.contract import Contract, Quantity, load_contract
+
+ENV_PREFIX = "FORECASTER_"
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """An invalid setting; `key` is its dotted path (or flag)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in a Prometheus duration (`90s`, `5m`, `1h30m`, `2d`); numbers are seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    match = _DURATION_RE.match(text)
+    if not text or not match or not any(match.groups()):
+        raise ValueError(f"invalid duration {value!r} (expected e.g. 90s, 5m, 1h30m)")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of `host:port`; ValueError if malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid address {address!r} (expected host:port)")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ':9465' means all addresses
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only the loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PrometheusSettings(_Section):
+    """Where history comes from."""
+
+    url: str = "http://127.0.0.1:9090"
+    timeout: Duration = 30.0
+    bearer_token_file: Path | None = None
+    retries: int = Field(3, ge=0, le=10)
+    max_samples_per_request: int = Field(250_000, ge=1000)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _url(self) -> PrometheusSettings:
+        if not re.match(r"^https?://[^\s/]+", self.url):
+            raise ValueError(f"url {self.url!r} is not an http(s) URL")
+        return self
+
+
+class WebSettings(_Section):
+    """The HTTP surface (`/metrics`, REST, WebSocket)."""
+
+    listen_address: str = "127.0.0.1:9465"
+    token_file: Path | None = None
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    ws_max_clients: int = Field(250, ge=1)
+    ws_queue: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _address(self) -> WebSettings:
+        split_address(self.listen_address)
+        return self
+
+
+class CycleSettings(_Section):
+    """The forecast cycle."""
+
+    interval: Duration = 60.0
+    stale_after: Duration = 1800.0
+    max_series: int = Field(10_000, ge=1)
+    warmup_steps: int = Field(36, ge=1)
+
+
+class ModelSettings(_Section):
+    """Which model serves, on what device."""
+
+    dir: Path = Path("models")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0)  # 0: torch's default
+    batch_size: int = Field(256, ge=1)
+    reload_interval: Duration = 30.0
+    enabled: bool = True  # False: heuristic only, torch never imported
+
+
+class ShardSettings(_Section):
+    """This replica's share of the fleet: instances whose hash % count == index."""
+
+    index: int = Field(0, ge=0)
+    count: int = Field(1, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _index(self) -> ShardSettings:
+        if self.index >= self.count:
+            raise ValueError(f"index {self.index} must be below count {self.count}")
+        return self
+
+
+class StateSettings(_Section):
+    """Where the last snapshot is persisted so a restart serves it at once."""
+
+    dir: Path | None = Path("forecaster-state")
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class CustomQuantity(_Section):
+    """A user-defined quantity: its own PromQL (one series per instance), unit and domain."""
+
+    expr: str = Field(min_length=1, max_length=4000)
+    unit: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    domain: tuple[float | None, float | None] = (None, None)
+    role: Literal["target", "covariate"] = "target"
+
+
+class Levels(_Section):
+    """Threshold levels of one quantity in base units; `critical` is the breach threshold."""
+
+    warning: float
+    critical: float
+
+    @model_validator(mode="after")
+    def _order(self) -> Levels:
+        if not self.warning <= self.critical:
+            raise ValueError("warning must not exceed critical")
+        return self
+
+
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "cpu_utilisation": {"warning": 0.90, "critical": 0.95},
+    "memory_utilisation": {"warning": 0.90, "critical": 0.95},
+    "filesystem_utilisation": {"warning": 0.85, "critical": 0.95},
+    "request_latency_p95": {"warning": 0.2, "critical": 0.5},
+}
+
+
+class RiskComponent(_Section):
+    """One part of the seed's risk score: max p90 over `window` steps against tiers."""
+
+    quantity: str
+    window_steps: int = Field(6, ge=1)
+    tiers: tuple[tuple[float, float], ...]  # (threshold, points), highest threshold first
+
+
+class RiskSettings(_Section):
+    """The seed's risk score (004 section 4), units converted to the contract's."""
+
+    cpu: RiskComponent = RiskComponent(
+        quantity="cpu_utilisation", tiers=((0.98, 40), (0.95, 30), (0.90, 15))
+    )
+    memory: RiskComponent = RiskComponent(
+        quantity="memory_utilisation", tiers=((0.98, 35), (0.95, 25), (0.90, 12))
+    )
+    latency: RiskComponent = RiskComponent(
+        quantity="request_latency_p95", tiers=((0.5, 25), (0.2, 15), (0.1, 8))
+    )
+    p1: float = 70.0
+    p2: float = 40.0
+
+
+class Config(_Section):
+    """Every setting of the forecaster service."""
+
+    prometheus: PrometheusSettings = PrometheusSettings()
+    web: WebSettings = WebSettings()
+    cycle: CycleSettings = CycleSettings()
+    model: ModelSettings = ModelSettings()
+    shard: ShardSettings = ShardSettings()
+    state: StateSettings = StateSettings()
+    log: LogSettings = LogSettings()
+    contract_file: Path | None = None
+    quantities: tuple[str, ...] | None = None  # forecast targets; None: the contract's
+    covariates: tuple[str, ...] | None = None  # None: the contract's covariates
+    custom_quantities: dict[str, CustomQuantity] = Field(default_factory=dict)
+    thresholds: dict[str, Levels] = Field(
+        default_factory=lambda: {k: Levels(**v) for k, v in DEFAULT_THRESHOLDS.items()}
+    )
+    risk: RiskSettings = RiskSettings()
+
+    @model_validator(mode="after")
+    def _names(self) -> Config:
+        for name in self.custom_quantities:
+            if not NAME_RE.match(name):
+                raise ValueError(f"custom quantity name {name!r} must match {NAME_RE.pattern}")
+        return self
+
+    def contract(self) -> Contract:
+        """The data contract (packaged v1 unless `contract_file`) plus the custom quantities."""
+        contract = load_contract(self.contract_file)
+        extra = tuple(
+            Quantity(name, q.role, q.unit, q.domain, record="", expr=q.expr)
+            for name, q in self.custom_quantities.items()
+        )
+        return Contract(contract.version, contract.step_seconds, contract.quantities + extra)
+
+    def targets(self, contract: Contract) -> tuple[Quantity, ...]:
+        """The forecast quantities: the configured names, or every target of the contract."""
+        if self.quantities is None:
+            names = [q.name for q in contract.targets]
+            names += [n for n, q in self.custom_quantities.items() if q.role == "target"]
+        else:
+            names = list(self.quantities)
+        return tuple(_lookup(contract, n, "quantities") for n in names)
+
+    def covariate_quantities(self, contract: Contract) -> tuple[Quantity, ...]:
+        """The observed covariates fetched beside the targets."""
+        if self.covariates is None:
+            names = [q.name for q in contract.quantities if q.role == "covariate"]
+        else:
+            names = list(self.covariates)
+        return tuple(_lookup(contract, n, "covariates") for n in names)
+
+
+def _lookup(contract: Contract, name: str, key: str) -> Quantity:
+    try:
+        return contract[name]
+    except KeyError:
+        known = ", ".join(q.name for q in contract.quantities)
+        raise ConfigError(key, f"unknown quantity {name!r} (known: {known})") from None
+
+
+def _leaves(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of the scalar settings (those that get a flag and an env variable)."""
+    paths = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            if annotation not in (RiskSettings,):
+                paths += _leaves(annotation, f"{prefix}{name}.")
+        elif name not in ("quantities", "covariates", "custom_quantities", "thresholds"):
+            paths.append(f"{prefix}{name}")
+    return paths
+
+
+LEAVES = tuple(_leaves(Config))
+FLAG_ALIASES = {"device": "model.device"}
+
+
+def _flag(path: str) -> str:
+    return "--" + path.replace("_", "-")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m forecaster",
+        description="Forecast node_exporter metrics from Prometheus and export the forecasts.",
+    )
+    parser.add_argument("--config.file", dest="config_file", metavar="PATH")
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
+    )
+    for path in LEAVES:
+        parser.add_argument(_flag(path), dest=path, metavar="VALUE", default=None)
+    for alias, path in FLAG_ALIASES.items():
+        parser.add_argument(f"--{alias}", dest=path, metavar="VALUE", default=None)
+    return parser
+
+
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(path, f"{part} must be a mapping")
+        node = child
+    node[leaf] = value
+
+
+def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
+    """The validated configuration from flags, environment and the YAML file they name."""
+    parser = _parser()
+    args = vars(parser.parse_args(list(argv)))
+    tree: dict[str, Any] = {}
+    config_file = args.pop("config_file") or environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+    args.pop("check_config")
+    if config_file:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError("config.file", f"cannot read {config_file}: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("config.file", "the top level must be a mapping")
+        tree = loaded or {}
+    for path in LEAVES:
+        env = ENV_PREFIX + path.replace(".", "_").upper()
+        if env in environ:
+            _set(tree, path, environ[env])
+    for path, value in args.items():
+        if value is not None:
+            _set(tree, path, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"]) or "config"
+        raise ConfigError(key, error["msg"]) from None
+
+
+def read_secret(path: Path | None) -> str | None:
+    """The stripped content of a secret file, or None when no file is configured."""
+    if path is None:
+        return None
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError("token_file", f"cannot read {path}: {exc.strerror}") from None
+    if not secret:
+        raise ConfigError("token_file", f"{path} is empty")
+    return secret
