@@ -25,9 +25,9 @@ from exporter.snapshot import QUANTILES
 from forecaster.clean import Cleaned
 from forecaster.contract import Quantity
 from forecaster.heuristic import clip_to_domain, heuristic_forecast
+from forecaster.risk import trend_per_hour
 
 log = logging.getLogger(__name__)
-TREND_STEPS = 12  # one hour of 5-minute steps
 MAX_DRIVERS = 5
 # Encoder inputs that are bookkeeping rather than drivers an operator can act on.
 _NOT_DRIVERS = ("relative_time_idx", "encoder_length")
@@ -110,7 +110,9 @@ def forecast(
         out[name] = np.sort(clip_to_domain(out[name], _domain(quantity)), axis=-1)
     available = {q: cleaned.observed[:, :, column[q]].any(axis=1) for q in names}
     current = {q: _last_observed(y[:, :, column[q]]) for q in names}
-    trend = {q: _trend_per_hour(y[:, :, column[q]], step) for q in names}
+    trend = {
+        q: trend_per_hour(y[:, :, column[q]], np.isfinite(y[:, :, column[q]]), step) for q in names
+    }
     return ForecastSet(
         origin=int(cleaned.end.value // 1_000_000_000),
         instances=cleaned.instances,
@@ -215,19 +217,3 @@ def _last_observed(y: np.ndarray) -> np.ndarray:
     index = np.where(finite.any(axis=1), y.shape[1] - 1 - np.argmax(finite[:, ::-1], axis=1), 0)
     last = y[np.arange(y.shape[0]), index] if y.shape[1] else np.full(y.shape[0], np.nan)
     return np.where(finite.any(axis=1), last, np.nan)
-
-
-def _trend_per_hour(y: np.ndarray, step: int) -> np.ndarray:
-    """Least-squares slope of the last hour of observations, in units per hour (0 if < 2)."""
-    tail = y[:, -TREND_STEPS:]
-    t = np.arange(tail.shape[1], dtype=np.float64)[None, :]
-    mask = np.isfinite(tail)
-    count = mask.sum(axis=1)
-    safe = np.where(mask, tail, 0.0)
-    mean_t = np.where(count > 0, (t * mask).sum(axis=1) / np.maximum(count, 1), 0.0)
-    mean_y = safe.sum(axis=1) / np.maximum(count, 1)
-    dt = np.where(mask, t - mean_t[:, None], 0.0)
-    var = (dt**2).sum(axis=1)
-    cov = (dt * (safe - mean_y[:, None]) * mask).sum(axis=1)
-    slope = np.where((count >= 2) & (var > 0), cov / np.where(var > 0, var, 1.0), 0.0)
-    return slope * (3600.0 / step)

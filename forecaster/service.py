@@ -1,0 +1,366 @@
+"""The forecast cycle: PromQL history in, an immutable snapshot of forecasts and risk out.
+
+Every cycle (`Service.run_cycle`): read Prometheus' clock, fetch for every quantity the steps
+that are new since the last cycle (the whole 24 h window after a restart or gap), keep this
+shard's instances, clean, forecast them all in one batch (TFT where it can serve, heuristic
+elsewhere), score the forecasts made earlier against the values that arrived, compute risk,
+and publish a new snapshot. A failed fetch publishes the last good forecasts again with
+`source_up` 0, so `/metrics` keeps serving them until they are `stale_after` old. Cycles run in
+one thread, so they never overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from exporter.snapshot import (
+    EMPTY_SNAPSHOT,
+    WINDOWS,
+    Breach,
+    InstanceSnapshot,
+    QuantityForecast,
+    Risk,
+    ServiceState,
+    Snapshot,
+    frozen_array,
+)
+from forecaster.accuracy import OnlineAccuracy
+from forecaster.clean import CleanConfig, clean
+from forecaster.config import Config
+from forecaster.contract import Contract, Quantity
+from forecaster.engine import ForecastSet, forecast
+from forecaster.features import host_id, profile_of
+from forecaster.frames import SourceError, from_records
+from forecaster.models import ModelHolder
+from forecaster.risk import breach_outlook, fleet_environment, risk_message, risk_scores
+from forecaster.window import HistoryWindow
+
+log = logging.getLogger(__name__)
+Publish = Callable[[Snapshot, ServiceState], None]
+
+
+class _Derived(NamedTuple):
+    """What `_build` computes once for the whole fleet and `_instance` slices per row."""
+
+    forecasts: dict[str, np.ndarray]
+    risk: Any
+    messages: list[str]
+    outlook: dict[str, tuple[dict[str, np.ndarray], np.ndarray]]
+    now: float
+    last_seen: Mapping[str, float]
+
+
+def shard_of(instance: str, count: int) -> int:
+    """The shard owning `instance`: its SHA-256 host id modulo `count` (no coordination)."""
+    return int(host_id(instance), 16) % count
+
+
+class Service:
+    """Owns the history window, the online accuracy and the current snapshot."""
+
+    def __init__(
+        self,
+        config: Config,
+        source: object,
+        holder: ModelHolder | None,
+        publish: Publish,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.contract: Contract = config.contract()
+        self.targets: tuple[Quantity, ...] = config.targets(self.contract)
+        self.covariates: tuple[Quantity, ...] = config.covariate_quantities(self.contract)
+        self.quantities = self.targets + tuple(q for q in self.covariates if q not in self.targets)
+        self.source = source
+        self.holder = holder
+        self.publish = publish
+        self.clock = clock
+        step = self.contract.step_seconds
+        self.window = HistoryWindow(tuple(q.name for q in self.quantities), 288, step)
+        self.accuracy = OnlineAccuracy(step_seconds=step)
+        self.snapshot: Snapshot = EMPTY_SNAPSHOT
+        self.state = ServiceState(
+            contract_version=self.contract.version,
+            shard_index=config.shard.index,
+            shard_count=config.shard.count,
+            started_at=clock(),
+        )
+        self._failures: Counter[str] = Counter()
+        self._clean_events: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._series_hint: dict[str, int] = {}
+        self._profiles: dict[str, str] = {}
+        self._lock = threading.Lock()  # one cycle at a time; pushes merge concurrently
+
+    # --- the cycle --------------------------------------------------------------------------
+
+    def run_cycle(self) -> bool:
+        """One cycle; True when fresh forecasts were published. Never raises for bad input."""
+        with self._lock:
+            started = time.monotonic()
+            try:
+                partial = self._fetch()
+            except SourceError as exc:
+                self._source_failed(exc.reason, str(exc), started)
+                return False
+            try:
+                snapshot = self._forecast_and_build()
+            except Exception:  # a bug must not stop the service: count it and keep serving
+                log.exception("forecast cycle failed")
+                self._source_failed("internal", "internal error", started, source_up=True)
+                return False
+            self.snapshot = snapshot
+            self._finish(started, partial)
+            return True
+
+    def _fetch(self) -> bool:
+        """Fetch the new steps of every quantity into the window; True if any answer was partial."""
+        step = self.contract.step_seconds
+        now = float(self.source.now())
+        end = int(now // step) * step
+        plan = self.window.plan(end)
+        parts: dict[str, pd.DataFrame] = {}
+        partial = False
+        for quantity in self.quantities:
+            result = self.source.query_range(
+                quantity.expr, plan.start, plan.end, step, self._series_hint.get(quantity.name, 1)
+            )
+            frame = self._own_shard(result.frame)
+            self._series_hint[quantity.name] = max(1, int(result.frame["instance"].nunique()))
+            self._dropped.update(result.dropped)
+            partial = partial or result.partial
+            parts[quantity.name] = frame
+        self.window.merge(parts, plan)
+        self._forget_vanished(end)
+        return partial
+
+    def _own_shard(self, frame: pd.DataFrame) -> pd.DataFrame:
+        count = self.config.shard.count
+        if count == 1 or frame.empty:
+            return frame
+        names = frame["instance"].astype(str)
+        owners = {name: shard_of(name, count) for name in names.unique()}
+        return frame.loc[names.map(owners).to_numpy() == self.config.shard.index]
+
+    def _forget_vanished(self, end: int) -> None:
+        """Drop instances silent for `stale_after`, and the excess over `max_series`."""
+        seen = self.window.last_seen()
+        horizon = end - self.config.cycle.stale_after
+        vanished = {name for name, last in seen.items() if last <= horizon}
+        alive = sorted(set(seen) - vanished)
+        excess = set(alive[self.config.cycle.max_series :])
+        if excess:
+            self._dropped["max_series"] += len(excess)
+        self.window.drop(vanished | excess)
+
+    def _forecast_and_build(self) -> Snapshot:
+        step = self.contract.step_seconds
+        end = self.window.end
+        frame = self.window.frame()
+        cleaned = clean(
+            frame,
+            self.quantities,
+            pd.Timestamp(end, unit="s", tz="UTC"),
+            CleanConfig(context_steps=288, min_steps=self.config.cycle.warmup_steps),
+        )
+        self._clean_events.update(cleaned.counts)
+        self._update_profiles(frame)
+        model = self.holder.current if self.holder is not None else None
+        result = forecast(
+            cleaned,
+            self.targets,
+            self._profiles,
+            model.predictor if model else None,
+            min_steps=self.config.cycle.warmup_steps,
+            step=step,
+        )
+        self._clean_events.update(result.events)
+        self._score(cleaned, result)
+        return self._build(result, self.window.last_seen(), model.version if model else None)
+
+    def _update_profiles(self, frame: pd.DataFrame) -> None:
+        labels: Mapping[str, str] = {}
+        if "profile" in frame.columns:
+            known = frame.dropna(subset=["profile"])
+            labels = known.groupby("instance")["profile"].last().to_dict()
+        for name in frame["instance"].unique():
+            if name not in self._profiles or name in labels:
+                self._profiles[name] = profile_of(name, labels.get(name))
+
+    def _score(self, cleaned, result: ForecastSet) -> None:
+        """Online accuracy: score earlier forecasts against what arrived, then record these."""
+        end = int(cleaned.end.value // 1_000_000_000)
+        column = {name: i for i, name in enumerate(cleaned.quantities)}
+        for quantity in self.targets:
+            i = column[quantity.name]
+            self.accuracy.observe(
+                quantity.name,
+                cleaned.instances,
+                end,
+                cleaned.values[:, :, i],
+                cleaned.observed[:, :, i],
+            )
+        self.accuracy.record(result.origin, result.instances, dict(result.forecasts))
+
+    # --- the snapshot -----------------------------------------------------------------------
+
+    def _build(self, result: ForecastSet, last_seen: Mapping[str, float], version) -> Snapshot:
+        now = self.clock()
+        config = self.config
+        forecasts = {
+            name: np.where(result.available[name][:, None, None], values, np.nan)
+            for name, values in result.forecasts.items()
+        }
+        risk = risk_scores(forecasts, config.risk)
+        messages = ["no risk predicted"] * len(result.instances)
+        at_risk = np.flatnonzero(risk.score > 0)
+        for row, message in zip(at_risk, risk_message(risk, config.risk, at_risk), strict=True):
+            messages[row] = message
+        outlook = {
+            name: breach_outlook(forecasts[name], levels.critical, self.contract.step_seconds)
+            for name, levels in config.thresholds.items()
+            if name in forecasts
+        }
+        derived = _Derived(forecasts, risk, messages, outlook, now, last_seen)
+        instances = {
+            name: self._instance(result, r, derived) for r, name in enumerate(result.instances)
+        }
+        environment = fleet_environment(forecasts, risk.score, config.thresholds, config.risk)
+        return Snapshot(
+            generated_at=now,
+            instances=MappingProxyType(instances),
+            environment=environment,
+            thresholds=MappingProxyType(
+                {
+                    (q, level): float(getattr(levels, level))
+                    for q, levels in config.thresholds.items()
+                    for level in ("warning", "critical")
+                }
+            ),
+            accuracy=self.accuracy.summary(now),
+            units=MappingProxyType({q.name: q.unit for q in self.targets}),
+            step_seconds=self.contract.step_seconds,
+        )
+
+    def _instance(self, result: ForecastSet, r: int, derived: _Derived) -> InstanceSnapshot:
+        forecasts, risk, outlook = derived.forecasts, derived.risk, derived.outlook
+        per_quantity = {}
+        breaches = {}
+        for quantity in self.targets:
+            name = quantity.name
+            if not result.available[name][r]:
+                continue
+            per_quantity[name] = QuantityForecast(
+                quantity=name,
+                unit=quantity.unit,
+                method=str(result.methods[name][r]),
+                quantiles=frozen_array(forecasts[name][r]),
+                current=float(result.current[name][r]),
+                trend=float(result.trend[name][r]),
+            )
+            if name in outlook:
+                probabilities, time_to_breach = outlook[name]
+                ttb = float(time_to_breach[r])
+                breaches[name] = Breach(
+                    quantity=name,
+                    threshold=float(self.config.thresholds[name].critical),
+                    probability=MappingProxyType({w: float(probabilities[w][r]) for w in WINDOWS}),
+                    time_to_breach=None if np.isnan(ttb) else ttb,
+                )
+        return InstanceSnapshot(
+            instance=result.instances[r],
+            profile=result.profiles[r],
+            origin=float(result.origin),
+            made_at=derived.now,
+            last_seen=derived.last_seen.get(result.instances[r], 0.0),
+            warmup_steps=int(result.lengths[r]),
+            warmup_required=self.config.cycle.warmup_steps,
+            forecasts=MappingProxyType(per_quantity),
+            breaches=MappingProxyType(breaches),
+            risk=Risk(
+                score=float(risk.score[r]),
+                priority=str(risk.priority[r]),
+                cpu_risk=float(risk.cpu[r]),
+                mem_risk=float(risk.mem[r]),
+                latency_risk=float(risk.latency[r]),
+                message=derived.messages[r],
+            ),
+            drivers=result.drivers[r] if per_quantity else (),
+        )
+
+    # --- state and publication --------------------------------------------------------------
+
+    def _finish(self, started: float, partial: bool) -> None:
+        if not self.state.source_up:
+            log.info("source %s is up: forecasts are fresh", self.config.prometheus.url)
+        model = self.holder.current if self.holder is not None else None
+        now = self.clock()
+        self.state = replace(
+            self._state_common(started, model),
+            source_up=True,
+            last_success=now,
+            input_partial=partial,
+        )
+        n = len(self.snapshot.instances)
+        tft = sum(1 for i in self.snapshot.instances.values() if i.method == "tft")
+        log.info(
+            "cycle %d: %d instances (%d tft, %d heuristic) in %.2f s, model %s",
+            self.state.cycles_total,
+            n,
+            tft,
+            n - tft,
+            self.state.last_cycle_duration,
+            model.version if model else "none",
+        )
+        self.publish(self.snapshot, self.state)
+
+    def _source_failed(
+        self, reason: str, message: str, started: float, source_up: bool = False
+    ) -> None:
+        self._failures[reason] += 1
+        if self.state.source_up and not source_up:
+            log.warning(
+                "source %s is down (%s): serving the last forecasts",
+                self.config.prometheus.url,
+                message,
+            )
+        model = self.holder.current if self.holder is not None else None
+        self.state = replace(self._state_common(started, model), source_up=source_up)
+        self.publish(self.snapshot, self.state)
+
+    def _state_common(self, started: float, model) -> ServiceState:
+        return replace(
+            self.state,
+            cycles_total=self.state.cycles_total + 1,
+            cycle_failures=MappingProxyType(dict(self._failures)),
+            last_cycle_duration=time.monotonic() - started,
+            last_cycle_end=self.clock(),
+            model_loaded=model is not None,
+            model_version=model.version if model else None,
+            clean_events=MappingProxyType(dict(self._clean_events)),
+            dropped_series=MappingProxyType(dict(self._dropped)),
+            model_load_failures=MappingProxyType(
+                dict(self.holder.failures) if self.holder is not None else {}
+            ),
+        )
+
+    # --- pushed records ---------------------------------------------------------------------
+
+    def ingest(self, records: Sequence[object]) -> tuple[int, list[tuple[int, str]]]:
+        """Validate pushed records against the contract and add the good ones to the window."""
+        names = [q.name for q in self.quantities]
+        frame, errors = from_records(records, names, self.contract.step_seconds)
+        if not frame.empty:
+            self.window.push(frame)
+        return len(records) - len(errors), [(e.index, e.reason) for e in errors]

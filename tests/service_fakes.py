@@ -1,0 +1,94 @@
+"""A fake PromQL source for service tests: a synthetic fleet answered like `query_range`.
+
+Every value is a pure function of (instance, quantity, time), so a test can ask the same
+question twice and compare. `FakeSource.requests` records (quantity, start, end) of every call;
+`fail_with` makes the next calls raise a `SourceError`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from forecaster.contract import load_contract
+from forecaster.frames import RangeResult, SourceError, regrid
+
+CONTRACT = load_contract()
+EXPR_TO_NAME = {q.expr: q.name for q in CONTRACT.quantities}
+BASE = {
+    "cpu_utilisation": 0.4,
+    "memory_utilisation": 0.6,
+    "filesystem_utilisation": 0.5,
+    "disk_io": 2.0e6,
+    "request_latency_p95": 0.08,
+    "network_receive": 1.0e6,
+    "network_transmit": 5.0e5,
+    "http_error_ratio": 0.01,
+    "gc_pause": 0.02,
+    "load1": 2.0,
+}
+T0 = 1_795_000_000 - 1_795_000_000 % 300  # a grid step in 2026
+
+
+def value(instance: str, quantity: str, seconds: np.ndarray) -> np.ndarray:
+    """A diurnal signal around the quantity's base level, different per instance."""
+    phase = (sum(map(ord, instance)) % 24) / 24.0
+    day = np.sin(2 * np.pi * (seconds / 86400.0 + phase))
+    return BASE[quantity] * (1.0 + 0.2 * day)
+
+
+@dataclass
+class FakeSource:
+    """Answers every contract expression for `instances`, from `first` (unix s) on."""
+
+    instances: list[str]
+    now_value: float = float(T0 + 30 * 3600 + 20)
+    first: float = float(T0)
+    missing: dict[str, set[str]] = field(default_factory=dict)  # quantity -> instances without
+    requests: list[tuple[str, float, float]] = field(default_factory=list)
+    fail_with: str | None = None
+    override: dict[tuple[str, str], float] = field(default_factory=dict)  # (inst, q) -> value
+
+    def now(self) -> float:
+        if self.fail_with:
+            raise SourceError(self.fail_with, "injected")
+        return self.now_value
+
+    def query_range(
+        self, expr: str, start: float, end: float, step: int = 300, series_hint: int = 1
+    ) -> RangeResult:
+        if self.fail_with:
+            raise SourceError(self.fail_with, "injected")
+        name = EXPR_TO_NAME[expr]
+        self.requests.append((name, start, end))
+        times = np.arange(max(start, self.first), end + 1, step, dtype=np.float64)
+        frames = []
+        for instance in self.instances:
+            if instance in self.missing.get(name, set()):
+                continue
+            values = value(instance, name, times)
+            if (instance, name) in self.override:
+                values = np.full_like(values, self.override[(instance, name)])
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "instance": instance,
+                        "timestamp": pd.to_datetime(times, unit="s", utc=True),
+                        name: values,
+                    }
+                )
+            )
+        if frames:
+            frame = pd.concat(frames, ignore_index=True)
+        else:
+            frame = pd.DataFrame(
+                {
+                    "instance": pd.Series(dtype=object),
+                    "timestamp": pd.Series(dtype="datetime64[ns, UTC]"),
+                    name: pd.Series(dtype=float),
+                }
+            )
+        return RangeResult(regrid(frame, step), (), Counter())

@@ -1,0 +1,311 @@
+"""The forecast cycle against a fake source: incremental fetches, shards, faults, new hosts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporter.snapshot import ServiceState, Snapshot
+from forecaster.config import load_config
+from forecaster.models import LoadedModel, ModelHolder
+from forecaster.persist import load_snapshot, save_snapshot
+from forecaster.service import Service, shard_of
+from forecaster.window import HistoryWindow
+from tests.service_fakes import FakeSource
+
+FLEET = ["ppdb001", "ppdb002", "ppweb001", "ppml001", "ppgen001", "node-a:9100"]
+TARGETS = (
+    "cpu_utilisation",
+    "memory_utilisation",
+    "filesystem_utilisation",
+    "disk_io",
+    "request_latency_p95",
+)
+
+
+def make_service(source, argv=(), holder=None):
+    config = load_config(["--state.dir", "", *argv], {})
+    published: list[tuple[Snapshot, ServiceState]] = []
+    service = Service(
+        config,
+        source,
+        holder,
+        lambda s, st: published.append((s, st)),
+        clock=lambda: source.now_value,
+    )
+    return service, published
+
+
+def advance(source: FakeSource, seconds: float) -> None:
+    source.now_value += seconds
+
+
+def test_first_cycle_serves_heuristic_forecasts_for_every_instance_and_target():
+    source = FakeSource(FLEET)
+    service, published = make_service(source)
+    assert service.run_cycle()
+    snapshot, state = published[-1]
+    assert sorted(snapshot.instances) == sorted(FLEET)
+    assert state.source_up and state.cycles_total == 1 and not state.model_loaded
+    for item in snapshot.instances.values():
+        assert set(item.forecasts) == set(TARGETS)
+        for forecast in item.forecasts.values():
+            assert forecast.method == "heuristic"
+            assert forecast.quantiles.shape == (96, 3)
+            assert np.isfinite(forecast.quantiles).all()
+            assert (np.diff(forecast.quantiles, axis=1) >= 0).all()
+        assert item.origin % 300 == 0
+        assert 0 <= item.risk.score <= 100
+
+
+def test_second_cycle_fetches_only_the_new_steps():
+    source = FakeSource(FLEET)
+    service, _ = make_service(source)
+    service.run_cycle()
+    full = {(s, e) for _, s, e in source.requests}
+    assert all((e - s) / 300 + 1 == 288 for s, e in full)
+    source.requests.clear()
+    advance(source, 300)
+    service.run_cycle()
+    steps = {(e - s) / 300 + 1 for _, s, e in source.requests}
+    assert steps == {4.0}  # the new step plus two overlapping ones, inclusive
+
+
+def test_gap_longer_than_the_window_refetches_everything():
+    source = FakeSource(FLEET)
+    service, _ = make_service(source)
+    service.run_cycle()
+    source.requests.clear()
+    advance(source, 25 * 3600)
+    service.run_cycle()
+    assert {(e - s) / 300 + 1 for _, s, e in source.requests} == {288.0}
+
+
+def test_source_down_keeps_the_last_snapshot_and_marks_the_source_down():
+    source = FakeSource(FLEET)
+    service, published = make_service(source)
+    service.run_cycle()
+    good = published[-1][0]
+    source.fail_with = "connection"
+    advance(source, 60)
+    assert not service.run_cycle()
+    snapshot, state = published[-1]
+    assert snapshot is good
+    assert not state.source_up
+    assert state.cycle_failures == {"connection": 1}
+    source.fail_with = None
+    advance(source, 300)
+    assert service.run_cycle()
+    snapshot, state = published[-1]
+    assert state.source_up and snapshot is not good
+    assert snapshot.generated_at > good.generated_at
+
+
+def test_two_shards_cover_disjoint_sets_whose_union_is_the_fleet():
+    fleet = [f"host{i:03d}" for i in range(40)]
+    seen = []
+    for index in range(2):
+        source = FakeSource(fleet)
+        service, published = make_service(
+            source, ["--shard.count", "2", "--shard.index", str(index)]
+        )
+        service.run_cycle()
+        seen.append(set(published[-1][0].instances))
+    assert seen[0].isdisjoint(seen[1])
+    assert seen[0] | seen[1] == set(fleet)
+    assert seen[0] and seen[1]
+    assert all(shard_of(name, 2) == 0 for name in seen[0])
+
+
+def test_new_instance_is_forecast_at_the_next_cycle():
+    source = FakeSource(FLEET)
+    service, published = make_service(source)
+    service.run_cycle()
+    source.instances = [*FLEET, "zzq001"]
+    source.first = source.now_value - 3600  # an hour of history so far
+    advance(source, 300)
+    service.run_cycle()
+    snapshot = published[-1][0]
+    assert "zzq001" in snapshot.instances
+    new = snapshot.instances["zzq001"]
+    assert new.profile == "generic"
+    assert new.method == "heuristic"
+    assert new.warmup_steps < new.warmup_required
+
+
+def test_vanished_instance_disappears_after_stale_after():
+    source = FakeSource(FLEET)
+    service, published = make_service(source, ["--cycle.stale-after", "10m"])
+    service.run_cycle()
+    source.instances = FLEET[1:]
+    for _ in range(3):
+        advance(source, 300)
+        service.run_cycle()
+    assert FLEET[0] not in published[-1][0].instances
+    assert set(published[-1][0].instances) == set(FLEET[1:])
+
+
+def test_host_without_a_quantity_gets_no_forecast_for_it():
+    source = FakeSource(FLEET, missing={"request_latency_p95": {"node-a:9100"}})
+    service, published = make_service(source)
+    service.run_cycle()
+    item = published[-1][0].instances["node-a:9100"]
+    assert "request_latency_p95" not in item.forecasts
+    assert "request_latency_p95" not in item.breaches
+    assert set(item.forecasts) == set(TARGETS) - {"request_latency_p95"}
+
+
+def test_risk_rises_for_a_host_heading_for_saturation():
+    source = FakeSource(FLEET, override={("ppdb001", "cpu_utilisation"): 0.97})
+    service, published = make_service(source)
+    service.run_cycle()
+    snapshot = published[-1][0]
+    hot = snapshot.instances["ppdb001"]
+    assert hot.risk.cpu_risk >= 30
+    assert hot.breaches["cpu_utilisation"].probability["30m"] > 0.5
+    assert hot.breaches["cpu_utilisation"].time_to_breach == 300
+    assert "CPU" in hot.risk.message
+    others = [i for n, i in snapshot.instances.items() if n != "ppdb001"]
+    assert all(i.risk.score == 0 for i in others)
+
+
+def test_pushed_records_are_forecast_like_scraped_hosts():
+    source = FakeSource(FLEET)
+    service, published = make_service(source)
+    service.run_cycle()
+    end = int(source.now_value // 300) * 300
+    records = [
+        {"server_name": "pushed01", "timestamp": end - 300 * k, "cpu_pct": 40.0, "mem_pct": 50}
+        for k in range(48)
+    ]
+    records.append({"server_name": "bad name!", "timestamp": end, "cpu_pct": 1})
+    accepted, errors = service.ingest(records)
+    assert accepted == 48
+    assert errors == [(48, "invalid_server_name")]
+    advance(source, 60)
+    service.run_cycle()
+    item = published[-1][0].instances["pushed01"]
+    assert set(item.forecasts) == {"cpu_utilisation", "memory_utilisation"}
+    assert item.forecasts["cpu_utilisation"].current == pytest.approx(0.40)
+
+
+def test_online_accuracy_is_published_once_actuals_arrive():
+    source = FakeSource(FLEET)
+    service, published = make_service(source)
+    service.run_cycle()
+    for _ in range(7):
+        advance(source, 300)
+        service.run_cycle()
+    accuracy = {(a.quantity, a.horizon): a for a in published[-1][0].accuracy}
+    assert ("cpu_utilisation", "5m") in accuracy
+    assert ("cpu_utilisation", "30m") in accuracy
+    assert accuracy[("cpu_utilisation", "5m")].samples == 7 * len(FLEET)
+    assert 0 <= accuracy[("cpu_utilisation", "5m")].coverage <= 1
+
+
+def test_persisted_snapshot_round_trips(tmp_path: Path):
+    source = FakeSource(FLEET)
+    service, published = make_service(source)
+    service.run_cycle()
+    snapshot = published[-1][0]
+    save_snapshot(snapshot, tmp_path)
+    loaded = load_snapshot(tmp_path)
+    assert loaded is not None
+    assert loaded.generated_at == snapshot.generated_at
+    assert loaded.environment == snapshot.environment
+    for name, item in snapshot.instances.items():
+        other = loaded.instances[name]
+        assert other.risk == item.risk and other.drivers == item.drivers
+        for q, f in item.forecasts.items():
+            np.testing.assert_array_equal(other.forecasts[q].quantiles, f.quantiles)
+        assert other.breaches == item.breaches
+
+
+def test_unreadable_persisted_snapshot_is_ignored(tmp_path: Path):
+    (tmp_path / "snapshot.npz").write_bytes(b"not a zip file")
+    assert load_snapshot(tmp_path) is None
+
+
+def test_window_plan_overlaps_two_steps_and_merges_newest_value():
+    window = HistoryWindow(("cpu_utilisation",), context_steps=10)
+    plan = window.plan(3000)
+    assert plan.full and plan.start == 3000 - 9 * 300
+    assert window.plan(3000).steps == 10
+
+
+class _Loader:
+    def __init__(self, broken=()):
+        self.calls: list[str] = []
+        self.broken = set(broken)
+
+    def __call__(self, registry, version, contract, settings):
+        from forecaster.registry import RegistryError
+
+        self.calls.append(version)
+        if version in self.broken:
+            raise RegistryError("checksum", f"{version}: hash mismatch")
+        return LoadedModel(version, predictor=object(), device="cpu")
+
+
+def _point(root: Path, version: str) -> None:
+    (root / "current.json").write_text(json.dumps({"version": version, "previous": None}))
+
+
+def test_model_holder_hot_reloads_a_newly_promoted_version(tmp_path: Path):
+    config = load_config(["--model.dir", str(tmp_path)], {})
+    loader = _Loader()
+    holder = ModelHolder(config.model, "1.0.0", loader=loader)
+    assert holder.check() is None
+    assert holder.failures["no_model"] == 1
+    _point(tmp_path, "v1")
+    assert holder.check().version == "v1"
+    assert holder.check().version == "v1"
+    assert loader.calls == ["v1"]
+    _point(tmp_path, "v2")
+    assert holder.check().version == "v2"
+
+
+def test_model_holder_keeps_serving_when_a_new_version_is_refused(tmp_path: Path):
+    config = load_config(["--model.dir", str(tmp_path)], {})
+    loader = _Loader(broken={"v2"})
+    holder = ModelHolder(config.model, "1.0.0", loader=loader)
+    _point(tmp_path, "v1")
+    holder.check()
+    _point(tmp_path, "v2")
+    assert holder.check().version == "v1"
+    assert holder.failures["checksum"] == 1
+    holder.check()
+    assert loader.calls == ["v1", "v2"]  # a refused version is not retried every poll
+    holder.reload_now()
+    holder.check()
+    assert loader.calls == ["v1", "v2", "v2"]
+
+
+@pytest.mark.torch
+def test_shipped_model_serves_every_warm_instance_with_drivers():
+    root = Path(__file__).resolve().parents[2] / "models"
+    config = load_config(["--model.dir", str(root), "--model.device", "cpu"], {})
+    holder = ModelHolder(config.model, "1.0.0")
+    assert holder.check() is not None
+    source = FakeSource(FLEET)
+    source.instances = [*FLEET, "zzq001"]
+    source.missing = {}
+    service, published = make_service(source, ["--model.dir", str(root)], holder=holder)
+    service.run_cycle()
+    snapshot, state = published[-1]
+    assert state.model_loaded and state.model_version == holder.current.version
+    for item in snapshot.instances.values():
+        assert item.method == "tft", item.instance
+        assert item.drivers and all(w >= 0 for _, w in item.drivers)
+        names = [n for n, _ in item.drivers]
+        assert "relative_time_idx" not in names
+        for forecast in item.forecasts.values():
+            assert np.isfinite(forecast.quantiles).all()
+            assert (np.diff(forecast.quantiles, axis=1) >= 0).all()
+    short = FakeSource(["ppdb009"], first=source.now_value - 2 * 3600)
+    service, published = make_service(short, ["--model.dir", str(root)], holder=holder)
+    service.run_cycle()
+    assert published[-1][0].instances["ppdb009"].method == "heuristic"  # 2 h < 3 h warm-up
