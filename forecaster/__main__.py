@@ -1,0 +1,196 @@
+"""`python -m forecaster`: the forecaster service (cycle loop + HTTP surface).
+
+Start-up order keeps the service useful at once: the configuration is validated (exit 2 naming
+the key), the persisted snapshot is published (served within seconds, before torch is
+imported), the HTTP listener starts, the first cycle serves heuristic forecasts, and the model
+loads in the background and takes over when ready. SIGTERM or SIGINT: the listener stops, the
+cycle thread is told to stop, the last snapshot is persisted, exit 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import IO
+
+from exporter.snapshot import ServiceState, Snapshot
+from forecaster.config import (
+    Config,
+    ConfigError,
+    is_loopback,
+    load_config,
+    read_secret,
+    split_address,
+)
+
+log = logging.getLogger("forecaster")
+SHUTDOWN_GRACE_S = 5.0
+
+
+class CycleLoop:
+    """Runs `Service.run_cycle` every interval in one thread; persists after each success."""
+
+    def __init__(self, service, interval: float, state_dir: Path | None) -> None:
+        self.service = service
+        self.interval = interval
+        self.state_dir = state_dir
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="forecast-cycle", daemon=True)
+        self._persist_errors = 0
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            if self.service.run_cycle():
+                self.persist()
+            self.stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def persist(self) -> None:
+        """Write the current snapshot (errors are logged and counted, never raised)."""
+        if self.state_dir is None or not self.service.snapshot.generated_at:
+            return  # nothing forecast yet: keep the previous run's snapshot
+        from forecaster.persist import save_snapshot
+
+        try:
+            save_snapshot(self.service.snapshot, self.state_dir)
+        except OSError as exc:
+            self._persist_errors += 1
+            log.warning("cannot persist the snapshot under %s: %s", self.state_dir, exc.strerror)
+
+
+def _lock_state_dir(directory: Path) -> IO[str]:
+    """An exclusive lock on the state directory: a second service on it exits at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = (directory / "lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise SystemExit(f"forecaster: another forecaster is using {directory}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _publish_persisted(hub, config: Config) -> None:
+    """Serve the snapshot of the previous run, if any, before anything heavy is imported."""
+    if config.state.dir is None:
+        return
+    from forecaster.persist import load_snapshot
+
+    snapshot = load_snapshot(config.state.dir)
+    if snapshot is not None:
+        state = ServiceState(shard_index=config.shard.index, shard_count=config.shard.count)
+        hub.publish(snapshot, state, now=time.time())
+        log.info("serving the persisted snapshot of %d instances", len(snapshot.instances))
+
+
+def build(config: Config, token: str | None):
+    """The hub, service, model holder, cycle loop and HTTP app of one forecaster."""
+    from exporter.app import build_app
+
+    from exporter.hub import Hub
+    from forecaster.models import ModelHolder
+    from forecaster.service import Service
+    from forecaster.source import PrometheusSource
+
+    hub = Hub()
+    _publish_persisted(hub, config)
+    bearer = read_secret(config.prometheus.bearer_token_file)
+    source = PrometheusSource(config.prometheus, token=bearer)
+    contract = config.contract()
+    holder = ModelHolder(config.model, contract.version)
+
+    def publish(snapshot: Snapshot, state: ServiceState) -> None:
+        hub.publish(snapshot, state, now=time.time())
+
+    service = Service(config, source, holder, publish)
+    loop = CycleLoop(service, config.cycle.interval, config.state.dir)
+    app = build_app(
+        hub,
+        ingest=service.ingest,
+        reload=holder.reload_now,
+        token=token,
+        max_body_bytes=config.web.max_body_bytes,
+        ws_max_clients=config.web.ws_max_clients,
+        ws_queue=config.web.ws_queue,
+        stale_after=config.cycle.stale_after,
+    )
+    return hub, service, holder, loop, app
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config = load_config(argv, os.environ if environ is None else environ)
+        host, port = split_address(config.web.listen_address)
+        token = read_secret(config.web.token_file)
+        config.contract()
+        config.targets(config.contract())
+    except ConfigError as exc:
+        print(f"forecaster: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if not is_loopback(host) and token is None:
+        print(
+            f"forecaster: refusing to listen on {config.web.listen_address} without a token: "
+            "set --web.token-file or listen on 127.0.0.1",
+            file=sys.stderr,
+        )
+        return 2
+    if "--check-config" in argv:
+        print("forecaster: configuration is valid")
+        return 0
+    _configure_logging(config.log.level)
+    lock = _lock_state_dir(config.state.dir) if config.state.dir is not None else None
+    import uvicorn
+
+    _hub, _service, holder, loop, app = build(config, token)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
+        )
+    )
+    loop.thread.start()
+    holder.start()
+    log.info(
+        "forecaster listening on %s:%d, source %s, shard %d/%d",
+        host,
+        port,
+        config.prometheus.url,
+        config.shard.index,
+        config.shard.count,
+    )
+    try:
+        server.run()
+    finally:
+        loop.stop.set()
+        holder.stop(timeout=1.0)
+        loop.thread.join(SHUTDOWN_GRACE_S)
+        loop.persist()
+        if lock is not None:
+            with suppress(OSError):
+                lock.close()
+    log.info("forecaster stopped")
+    return 1 if not server.started else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
