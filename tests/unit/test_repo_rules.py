@@ -154,8 +154,14 @@ def test_amtool_check_config_passes() -> None:
     ("labels", "receiver"),
     [
         (["alertname=Watchdog", "severity=none"], "watchdog"),
-        (["alertname=NodeFilesystemFull", "severity=critical", "instance=ppdb001"], "default"),
-        (["alertname=NodeFilesystemFull", "severity=warning", "instance=ppdb001"], "default"),
+        (
+            ["alertname=NodeForecastFilesystemFull", "severity=critical", "instance=ppdb001"],
+            "pagerduty-critical,slack-critical",
+        ),
+        (
+            ["alertname=NodeForecastFilesystemFull", "severity=warning", "instance=ppdb001"],
+            "slack-warning",
+        ),
     ],
 )
 def test_alertmanager_routes_alert_to_expected_receiver(labels: list[str], receiver: str) -> None:
