@@ -34,7 +34,18 @@ STEP_SECONDS = 300
 KEYS = ("instance", "timestamp")
 HISTORY_FILE = "server_metrics.parquet"
 # Answers that cannot be parsed, and (raised by forecaster.promql) requests that failed.
-SOURCE_ERRORS = ("bad_response", "error_status", "timeout", "connection", "http_error")
+SOURCE_ERRORS = (
+    "bad_response",
+    "error_status",
+    "timeout",
+    "connection",
+    "http_error",
+    # raised by forecaster.source
+    "too_large",
+    "rate_limited",
+    "bad_request",
+    "tls",
+)
 SERIES_DROPS = ("no_instance", "bad_instance", "duplicate_instance")
 RECORD_ERRORS = (
     "not_an_object",

@@ -134,7 +134,12 @@ class Service:
         partial = False
         for quantity in self.quantities:
             result = self.source.query_range(
-                quantity.expr, plan.start, plan.end, step, self._series_hint.get(quantity.name, 1)
+                quantity.expr,
+                plan.start,
+                plan.end,
+                step,
+                self._series_hint.get(quantity.name, 1),
+                quantity=quantity.name,
             )
             frame = self._own_shard(result.frame)
             self._series_hint[quantity.name] = max(1, int(result.frame["instance"].nunique()))

@@ -58,11 +58,19 @@ class FakeSource:
         return self.now_value
 
     def query_range(
-        self, expr: str, start: float, end: float, step: int = 300, series_hint: int = 1
+        self,
+        expr: str,
+        start: float,
+        end: float,
+        step: int = 300,
+        series_hint: int = 1,
+        *,
+        quantity: str = "value",
     ) -> RangeResult:
         if self.fail_with:
             raise SourceError(self.fail_with, "injected")
         name = EXPR_TO_NAME[expr]
+        assert quantity == name
         self.requests.append((name, start, end))
         times = np.arange(max(start, self.first), end + 1, step, dtype=np.float64)
         frames = []

@@ -1,0 +1,413 @@
+"""The robust PromQL source: bounded, retried requests to any Prometheus-compatible HTTP API.
+
+`PrometheusSource` uses only the documented endpoints (`/api/v1/query_range`, `/api/v1/query`,
+`/-/ready`) and turns every failure into a `SourceError` whose `reason` is one of
+`forecaster.frames.SOURCE_ERRORS` (RELIABILITY.md section A):
+
+| failure | reason | retried |
+|---|---|---|
+| connection refused / reset, broken transfer | `connection` | yes |
+| timeout (per request `timeout`, or the budget ran out) | `timeout` | yes |
+| HTTP 5xx | `http_error` | yes |
+| HTTP 429 | `rate_limited` | yes, waiting at least `Retry-After` |
+| HTTP 400 / 422 (too many points or samples, bad PromQL) | `bad_request` | never |
+| other HTTP status (401, 403, 404, redirects) | `http_error` | no |
+| TLS failure (unknown CA, wrong host name, expired); never falls back to insecure | `tls` | no |
+| body over `max_body_bytes` | `too_large` | no |
+| HTML, wrong content type, truncated or non-JSON body, malformed answer | `bad_response` | no |
+| `"status": "error"` inside a 200 | `error_status` | no |
+
+Retries: at most `settings.retries` more attempts, waiting `uniform(0, min(8, 0.5 * 2**n))`
+seconds ("full jitter") before retry n, all inside a budget of 2 x `timeout` per request; a
+wait that would pass the budget ends the request with the last error instead. `sleep`, `clock`
+and `rng` are injected so tests run without waiting. The bearer token goes into the
+`Authorization` header only and is never logged.
+
+Range queries are split so that no request holds more than `MAX_POINTS` points per series or
+`max_samples_per_request` samples (points x series, where the series count is the caller's
+hint, raised to the count of the last answer), then joined into one LONG frame.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+import httpx
+import pandas as pd
+
+from forecaster.config import PrometheusSettings
+from forecaster.frames import STEP_SECONDS, RangeResult, SourceError, from_query_range, regrid
+from forecaster.promql import MAX_POINTS
+
+log = logging.getLogger(__name__)
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 8.0
+ERROR_DETAIL_BYTES = 4096
+NEVER_RETRIED = frozenset({400, 422})
+JSON_TYPES = frozenset({"application/json"})
+_EMPTY_MATRIX = {"status": "success", "data": {"resultType": "matrix", "result": []}}
+
+
+@dataclass(frozen=True)
+class InstantResult:
+    """A parsed `/api/v1/query` answer; `date` is the answer's `Date` header (unix seconds)."""
+
+    result_type: str
+    result: object
+    warnings: tuple[str, ...]
+    date: float | None
+
+
+@dataclass(frozen=True)
+class _Answer:
+    payload: object
+    headers: httpx.Headers
+
+
+class _RetryableError(Exception):
+    """An attempt failed in a way worth retrying; `wait` is the least wait the server asked."""
+
+    def __init__(self, error: SourceError, wait: float = 0.0) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.wait = wait
+
+
+def points_per_request(series: int, max_samples: int) -> int:
+    """Points per series in one request: under `MAX_POINTS` and `max_samples / series`."""
+    return max(1, min(MAX_POINTS, max_samples // max(1, series)))
+
+
+def grid_span(start: float, end: float, step: int) -> tuple[int, int]:
+    """The first and last grid times inside [start, end] (first > last when there is none)."""
+    return -(-int(start) // step) * step, int(end) // step * step
+
+
+def plan_pieces(
+    start: float, end: float, step: int = STEP_SECONDS, series: int = 1, max_samples: int = 250_000
+) -> list[tuple[int, int]]:
+    """Split [start, end] on the step grid into consecutive pieces within both limits.
+
+    Each piece (lo, hi) covers the grid times lo, lo + step, ..., hi inclusive; together they
+    tile the grid inside [start, end] without overlap or gap. If `series` alone exceeds
+    `max_samples`, pieces are one point long (time cannot be split further).
+    """
+    first, last = grid_span(start, end, step)
+    points = points_per_request(series, max_samples)
+    pieces = []
+    while first <= last:
+        stop = min(first + (points - 1) * step, last)
+        pieces.append((first, stop))
+        first = stop + step
+    return pieces
+
+
+class PrometheusSource:
+    """A PromQL HTTP client with limits, retries and bounded failure reasons (module docs)."""
+
+    def __init__(
+        self,
+        settings: PrometheusSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        token: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        budget: float | None = None,
+    ) -> None:
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._settings = settings
+        self._client = httpx.Client(
+            base_url=settings.url.rstrip("/"),
+            timeout=settings.timeout,
+            transport=transport,
+            headers=headers,
+            follow_redirects=False,
+        )
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter only
+        self._clock = clock
+        self._budget = 2.0 * settings.timeout if budget is None else float(budget)
+
+    def __enter__(self) -> PrometheusSource:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def query_range(
+        self,
+        expr: str,
+        start: float,
+        end: float,
+        step: int = STEP_SECONDS,
+        series_hint: int = 1,
+        *,
+        quantity: str = "value",
+    ) -> RangeResult:
+        """`expr` on the grid inside [start, end], fetched in pieces within the limits.
+
+        The frame is LONG (instance, timestamp, `quantity`), sorted, one row per grid step.
+        Warnings of every piece are joined (Prometheus' `warnings`, Thanos' `partialResponse`,
+        VictoriaMetrics' `isPartial`): the result is `partial` when there is any.
+        """
+        frames: list[pd.DataFrame] = []
+        warnings: dict[str, None] = {}  # insertion-ordered set
+        dropped: Counter[str] = Counter()
+        series = max(1, int(series_hint))
+        first, last = grid_span(start, end, step)
+        while first <= last:
+            points = points_per_request(series, self._settings.max_samples_per_request)
+            stop = min(first + (points - 1) * step, last)
+            params = {"query": expr, "start": str(first), "end": str(stop), "step": str(step)}
+            answer = self._send("/api/v1/query_range", params)
+            piece = _parse_range(answer.payload, quantity, step)
+            frames.append(piece.frame)
+            warnings.update(dict.fromkeys(piece.warnings))
+            dropped.update(piece.dropped)
+            series = max(series, _series_count(answer.payload))
+            first = stop + step
+        if not frames:
+            return from_query_range(_EMPTY_MATRIX, quantity, step)
+        if len(frames) > 1:
+            frames = [regrid(pd.concat(frames, ignore_index=True), step)]
+        return RangeResult(frames[0], tuple(warnings), dropped)
+
+    def instant(self, expr: str, at: float | None = None) -> InstantResult:
+        """An instant query (`/api/v1/query`), at Prometheus' now unless `at` is given."""
+        params = {"query": expr} if at is None else {"query": expr, "time": str(at)}
+        answer = self._send("/api/v1/query", params)
+        try:
+            result_type, result, warnings = _instant_data(answer.payload)
+        except (AttributeError, TypeError, ValueError) as error:
+            raise SourceError("bad_response", f"malformed answer: {error}") from None
+        return InstantResult(result_type, result, warnings, _http_date(answer.headers))
+
+    def now(self) -> float:
+        """Prometheus' time (unix seconds): the value of `time()`, else the `Date` header."""
+        answer = self.instant("time()")
+        if answer.result_type == "scalar" and isinstance(answer.result, list):
+            try:
+                return float(answer.result[0])
+            except (IndexError, TypeError, ValueError):
+                pass
+        if answer.date is not None:
+            return answer.date
+        raise SourceError("bad_response", "time() gave neither a scalar nor a Date header")
+
+    def ready(self) -> bool:
+        """Whether `/-/ready` answers 200 (False on any error; one attempt, never retried)."""
+        try:
+            with self._client.stream("GET", "/-/ready") as response:
+                return response.status_code == 200
+        except httpx.HTTPError as error:
+            log.debug("readiness probe failed: %s", type(error).__name__)
+            return False
+
+    def _send(self, path: str, params: Mapping[str, str]) -> _Answer:
+        """One logical request: attempts with backoff inside the budget, or a SourceError."""
+        deadline = self._clock() + self._budget
+        for attempt in range(1, self._settings.retries + 2):
+            try:
+                return self._attempt(path, params, deadline)
+            except _RetryableError as failure:
+                if attempt > self._settings.retries:
+                    raise failure.error from None
+                wait = max(failure.wait, self._backoff(attempt))
+                if self._clock() + wait >= deadline:
+                    log.debug("%s: giving up, a %.1fs wait passes the budget", path, wait)
+                    raise failure.error from None
+                log.debug("%s: %s, retry %d in %.2fs", path, failure.error.reason, attempt, wait)
+                self._sleep(wait)
+        raise SourceError("connection", "no attempt made")  # unreachable: retries >= 0
+
+    def _backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff before retry `attempt` (1-based)."""
+        return self._rng.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** (attempt - 1)))
+
+    def _attempt(self, path: str, params: Mapping[str, str], deadline: float) -> _Answer:
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise SourceError("timeout", f"request budget of {self._budget:.0f}s spent")
+        timeout = min(self._settings.timeout, remaining)
+        try:
+            with self._client.stream("GET", path, params=params, timeout=timeout) as response:
+                return self._answer(response, deadline)
+        except httpx.TimeoutException as error:
+            reason = SourceError("timeout", f"{type(error).__name__} after {timeout:g}s")
+            raise _RetryableError(reason) from None
+        except httpx.DecodingError as error:
+            raise SourceError("bad_response", f"undecodable body: {error}") from None
+        except httpx.HTTPError as error:
+            if _is_tls(error):
+                raise SourceError("tls", f"TLS failure: {error}") from None
+            if isinstance(error, httpx.TransportError):
+                reason = SourceError("connection", f"{type(error).__name__}: {error}")
+                raise _RetryableError(reason) from None
+            raise SourceError("connection", f"{type(error).__name__}: {error}") from None
+
+    def _answer(self, response: httpx.Response, deadline: float) -> _Answer:
+        status = response.status_code
+        if 200 <= status < 300:
+            kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind not in JSON_TYPES:
+                raise SourceError("bad_response", f"content type {kind or 'none'!r}, not JSON")
+            body = self._read(response, self._settings.max_body_bytes, deadline, strict=True)
+            return _Answer(_decode(body), response.headers)
+        detail = _error_detail(self._read(response, ERROR_DETAIL_BYTES, deadline, strict=False))
+        message = f"HTTP {status}: {detail}"
+        if status in NEVER_RETRIED:
+            raise SourceError("bad_request", message)
+        if status == 429:
+            wait = _retry_after(response.headers)
+            raise _RetryableError(SourceError("rate_limited", message), wait)
+        if status >= 500:
+            raise _RetryableError(SourceError("http_error", message))
+        raise SourceError("http_error", message)
+
+    def _read(self, response: httpx.Response, cap: int, deadline: float, *, strict: bool) -> bytes:
+        """The body up to `cap` bytes: beyond it `too_large` (strict) or cut (not strict)."""
+        length = response.headers.get("content-length", "")
+        if strict and length.isdigit() and int(length) > cap:
+            raise SourceError("too_large", f"Content-Length {length} over {cap} bytes")
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                if strict:
+                    raise SourceError("too_large", f"body over {cap} bytes")
+                chunks.append(chunk[: cap - size + len(chunk)])
+                break
+            chunks.append(chunk)
+            if self._clock() > deadline:
+                raise _RetryableError(
+                    SourceError("timeout", "body still arriving when the budget ran out")
+                )
+        return b"".join(chunks)
+
+
+def _decode(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError
+        raise SourceError("bad_response", f"not JSON: {type(error).__name__}") from None
+
+
+def _parse_range(payload: object, quantity: str, step: int) -> RangeResult:
+    """`from_query_range` plus partial-response flags; malformed answers -> `bad_response`."""
+    try:
+        result = from_query_range(payload, quantity, step)
+    except SourceError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as error:
+        raise SourceError("bad_response", f"malformed answer: {error}") from None
+    extra = _partial_flags(payload)
+    if not extra:
+        return result
+    return RangeResult(result.frame, result.warnings + extra, result.dropped)
+
+
+def _partial_flags(payload: object) -> tuple[str, ...]:
+    """Warnings for partial answers flagged outside Prometheus' `warnings` list."""
+    if not isinstance(payload, Mapping):
+        return ()
+    data = payload.get("data")
+    places = (payload, data) if isinstance(data, Mapping) else (payload,)
+    flags = []
+    for name in ("partialResponse", "isPartial"):
+        if any(place.get(name) is True for place in places):
+            flags.append(f"partial response ({name})")
+    return tuple(flags)
+
+
+def _series_count(payload: object) -> int:
+    if isinstance(payload, Mapping) and isinstance(payload.get("data"), Mapping):
+        result = payload["data"].get("result")
+        if isinstance(result, list):
+            return len(result)
+    return 0
+
+
+def _instant_data(payload: object) -> tuple[str, object, tuple[str, ...]]:
+    if not isinstance(payload, Mapping):
+        raise SourceError("bad_response", "the answer is not a JSON object")
+    if payload.get("status") == "error":
+        detail = f"{payload.get('errorType', 'unknown')}: {payload.get('error', '')}"
+        raise SourceError("error_status", detail)
+    data = payload.get("data")
+    if payload.get("status") != "success" or not isinstance(data, Mapping):
+        raise SourceError("bad_response", "status is not success, or no data object")
+    result_type = data.get("resultType")
+    if result_type not in ("scalar", "vector", "matrix", "string"):
+        raise SourceError("bad_response", f"resultType {result_type!r}")
+    warnings = payload.get("warnings", [])
+    if not isinstance(warnings, list):
+        raise SourceError("bad_response", "warnings is not a list")
+    return str(result_type), data.get("result"), tuple(str(w) for w in warnings)
+
+
+def _error_detail(body: bytes) -> str:
+    """Prometheus' `error` field of an error answer, else the start of the body."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        payload = None
+    if isinstance(payload, Mapping) and isinstance(payload.get("error"), str):
+        return f"{payload.get('errorType', 'error')}: {payload['error']}"[:500]
+    return body[:200].decode("utf-8", "replace")
+
+
+def _http_date(headers: httpx.Headers) -> float | None:
+    value = headers.get("date")
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _retry_after(headers: httpx.Headers) -> float:
+    """Seconds asked by `Retry-After` (delta seconds or an HTTP date); 0 if absent or bad."""
+    value = headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0.0
+    now = _http_date(headers)
+    return max(0.0, when - (now if now is not None else time.time()))
+
+
+def _is_tls(error: BaseException) -> bool:
+    """Whether an exception chain holds an SSL error (certificate, host name, handshake)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError | ssl.CertificateError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
