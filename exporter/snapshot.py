@@ -39,7 +39,7 @@ UNIT_SUFFIX: Mapping[str, str] = MappingProxyType(
 
 def frozen_array(values: object, dtype: type = np.float64) -> NDArray[np.float64]:
     """A read-only copy of `values` as a numpy array."""
-    array = np.array(values, dtype=dtype, copy=True)
+    array: NDArray[np.float64] = np.array(values, dtype=dtype, copy=True)
     array.flags.writeable = False
     return array
 

@@ -1,0 +1,133 @@
+"""The cycle through the real PromQL client against a faulty fake Prometheus (RELIABILITY A).
+
+Whatever the fake answers (refused, 5xx, 429, garbage, `status: error` inside a 200, partial
+results), the service keeps the last good snapshot, says `source_up` 0, logs one line per
+state change, and publishes fresh forecasts at the first cycle after recovery.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs
+
+import httpx
+import numpy as np
+import pytest
+
+from forecaster.config import load_config
+from forecaster.service import Service
+from forecaster.source import PrometheusSource
+from tests.service_fakes import EXPR_TO_NAME, T0, value
+
+FLEET = ["ppdb001", "ppweb001", "ppml001"]
+
+
+class FakePrometheus:
+    """Answers `time()` and `query_range` for FLEET; `mode` injects one kind of fault."""
+
+    def __init__(self) -> None:
+        self.now = float(T0 + 26 * 3600 + 10)
+        self.mode = "ok"
+        self.requests = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if self.mode == "refused":
+            raise httpx.ConnectError("connection refused", request=request)
+        if self.mode == "5xx":
+            return httpx.Response(503, text="unavailable")
+        if self.mode == "429":
+            return httpx.Response(429, headers={"Retry-After": "1"}, text="slow down")
+        if self.mode == "garbage":
+            return httpx.Response(200, headers={"Content-Type": "text/html"}, text="<html>")
+        if self.mode == "error_status":
+            body = {"status": "error", "errorType": "execution", "error": "boom"}
+            return httpx.Response(200, json=body)
+        params = {k: v[0] for k, v in parse_qs(request.url.query.decode()).items()}
+        if request.url.path == "/api/v1/query":
+            return httpx.Response(
+                200,
+                json={
+                    "status": "success",
+                    "data": {"resultType": "scalar", "result": [self.now, str(self.now)]},
+                },
+            )
+        return httpx.Response(200, json=self._matrix(params))
+
+    def _matrix(self, params: dict[str, str]) -> dict:
+        name = EXPR_TO_NAME[params["query"]]
+        start, end, step = (float(params[k]) for k in ("start", "end", "step"))
+        times = np.arange(start, end + 1, step)
+        result = [
+            {
+                "metric": {"instance": instance},
+                "values": [
+                    [float(t), str(float(v))]
+                    for t, v in zip(times, value(instance, name, times), strict=True)
+                ],
+            }
+            for instance in FLEET
+        ]
+        body: dict = {"status": "success", "data": {"resultType": "matrix", "result": result}}
+        if self.mode == "partial":
+            body["warnings"] = ["results truncated due to limit"]
+        return body
+
+
+@pytest.fixture
+def rig():
+    fake = FakePrometheus()
+    config = load_config(["--state.dir", "", "--prometheus.url", "http://prometheus.test"], {})
+    source = PrometheusSource(
+        config.prometheus, transport=httpx.MockTransport(fake), sleep=lambda s: None
+    )
+    published = []
+    service = Service(
+        config, source, None, lambda s, st: published.append((s, st)), clock=lambda: fake.now
+    )
+    yield fake, service, published
+    source.close()
+
+
+@pytest.mark.parametrize("mode", ["refused", "5xx", "429", "garbage", "error_status"])
+def test_faulty_source_keeps_the_last_snapshot_then_recovers_in_one_cycle(rig, mode, caplog):
+    fake, service, published = rig
+    assert service.run_cycle()
+    good = published[-1][0]
+    fake.mode = mode
+    with caplog.at_level(logging.INFO, logger="forecaster.service"):
+        for _ in range(3):
+            fake.now += 60
+            assert not service.run_cycle()
+            snapshot, state = published[-1]
+            assert snapshot is good
+            assert not state.source_up
+        fake.mode = "ok"
+        fake.now += 60
+        assert service.run_cycle()
+    snapshot, state = published[-1]
+    assert state.source_up and snapshot is not good
+    assert sorted(snapshot.instances) == sorted(FLEET)
+    transitions = [r for r in caplog.records if "source" in r.getMessage()]
+    assert [r.levelname for r in transitions] == ["WARNING", "INFO"]  # down once, up once
+    assert sum(state.cycle_failures.values()) == 3
+
+
+def test_partial_answers_are_published_and_flagged(rig):
+    fake, service, published = rig
+    fake.mode = "partial"
+    assert service.run_cycle()
+    snapshot, state = published[-1]
+    assert state.input_partial
+    assert sorted(snapshot.instances) == sorted(FLEET)
+    fake.mode = "ok"
+    fake.now += 300
+    service.run_cycle()
+    assert not published[-1][1].input_partial
+
+
+def test_retries_are_bounded_per_request(rig):
+    fake, service, _ = rig
+    fake.mode = "5xx"
+    service.run_cycle()
+    assert fake.requests == 1 + service.config.prometheus.retries  # the time() query gave up
