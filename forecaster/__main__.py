@@ -12,11 +12,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -81,6 +82,42 @@ def _lock_state_dir(directory: Path) -> IO[str]:
     return handle
 
 
+def _server(app, host: str, port: int):
+    """A uvicorn server that stops on SIGTERM/SIGINT without re-raising the signal, so that
+    `main` persists the snapshot and exits 0 (uvicorn itself re-raises it after shutdown)."""
+    import uvicorn
+
+    from exporter.websocket import WS_MAX_MESSAGE_BYTES
+
+    class Server(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            signals = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
+    )
+    return Server(config)
+
+
+def _exit_during_start(signum: int, frame: object) -> None:
+    """SIGTERM before the listener is up (e.g. while torch imports): a clean exit 0."""
+    raise SystemExit(0)
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -105,13 +142,12 @@ def _publish_persisted(hub, config: Config) -> None:
 def build(config: Config, token: str | None):
     """The hub, service, model holder, cycle loop and HTTP app of one forecaster."""
     from exporter.app import build_app
-
     from exporter.hub import Hub
     from forecaster.models import ModelHolder
     from forecaster.service import Service
     from forecaster.source import PrometheusSource
 
-    hub = Hub()
+    hub = Hub(stale_after=config.cycle.stale_after)
     _publish_persisted(hub, config)
     bearer = read_secret(config.prometheus.bearer_token_file)
     source = PrometheusSource(config.prometheus, token=bearer)
@@ -159,15 +195,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print("forecaster: configuration is valid")
         return 0
     _configure_logging(config.log.level)
+    signal.signal(signal.SIGTERM, _exit_during_start)
     lock = _lock_state_dir(config.state.dir) if config.state.dir is not None else None
-    import uvicorn
-
     _hub, _service, holder, loop, app = build(config, token)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
-        )
-    )
+    server = _server(app, host, port)
     loop.thread.start()
     holder.start()
     log.info(
@@ -181,6 +212,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         server.run()
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already shutting down
         loop.stop.set()
         holder.stop(timeout=1.0)
         loop.thread.join(SHUTDOWN_GRACE_S)

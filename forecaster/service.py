@@ -101,6 +101,7 @@ class Service:
         self._dropped: Counter[str] = Counter()
         self._series_hint: dict[str, int] = {}
         self._profiles: dict[str, str] = {}
+        self._source_known: bool | None = None  # last logged source state
         self._lock = threading.Lock()  # one cycle at a time; pushes merge concurrently
 
     # --- the cycle --------------------------------------------------------------------------
@@ -307,8 +308,9 @@ class Service:
     # --- state and publication --------------------------------------------------------------
 
     def _finish(self, started: float, partial: bool) -> None:
-        if not self.state.source_up:
+        if self._source_known is not True:
             log.info("source %s is up: forecasts are fresh", self.config.prometheus.url)
+            self._source_known = True
         model = self.holder.current if self.holder is not None else None
         now = self.clock()
         self.state = replace(
@@ -334,12 +336,13 @@ class Service:
         self, reason: str, message: str, started: float, source_up: bool = False
     ) -> None:
         self._failures[reason] += 1
-        if self.state.source_up and not source_up:
+        if not source_up and self._source_known is not False:
             log.warning(
                 "source %s is down (%s): serving the last forecasts",
                 self.config.prometheus.url,
                 message,
             )
+            self._source_known = False
         model = self.holder.current if self.holder is not None else None
         self.state = replace(self._state_common(started, model), source_up=source_up)
         self.publish(self.snapshot, self.state)

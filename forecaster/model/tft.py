@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,9 @@ def load_bundle(directory: Path, device: str = "cpu") -> ModelBundle:
     """Rebuild a model from `directory` (checked by the registry first); strict weight loading."""
     model_config = json.loads((directory / MODEL_CONFIG).read_text())
     config = TFTConfig.from_json(model_config["config"])
-    model = TemporalFusionTransformer(**hparams_from_json(model_config))
+    with warnings.catch_warnings():  # Lightning's advice on checkpointing: no checkpoints here
+        warnings.filterwarnings("ignore", message="Attribute .* is an instance of `nn.Module`")
+        model = TemporalFusionTransformer(**hparams_from_json(model_config))
     load_model(model, str(directory / WEIGHTS), strict=True, device=device)
     model.eval()
     parameters = from_json(json.loads((directory / DATASET_PARAMETERS).read_text()))
