@@ -127,15 +127,23 @@ def actuals(y: np.ndarray, at: np.ndarray, horizon: int) -> np.ndarray:
     return np.stack([y[:, o : o + horizon] for o in at])
 
 
-def run_backtest(bundle: ModelBundle, grid: Grid, spec: BacktestSpec) -> dict[str, Any]:
-    """Scores of the TFT and every baseline on the same origins; JSON-ready."""
+def run_backtest(
+    bundle: ModelBundle, grid: Grid, spec: BacktestSpec, forecasts: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Scores of the TFT and every baseline on the same origins; JSON-ready.
+
+    `forecasts`: the TFT's forecasts already made by `tft_forecasts` at `origins(grid, spec,
+    ...)` (the retrainer checks them before scoring); computed here when not given.
+    """
     config = bundle.config
     quantiles = list(config.quantiles)
     at = origins(grid, spec, config.encoder_length, config.horizon)
     if at.size == 0:
         raise ValueError("the held-out history is too short for a single origin")
     started = time.monotonic()
-    tft = tft_forecasts(bundle, grid, at)
+    tft = tft_forecasts(bundle, grid, at) if forecasts is None else forecasts
+    if tft.shape[:2] != (at.size, len(grid.instances)):
+        raise ValueError(f"forecasts of shape {tft.shape} do not match {at.size} origins")
     scores: dict[str, dict[str, Any]] = {TFT: {}}
     curves: dict[str, dict[str, Any]] = {TFT: {}}
     for t, quantity in enumerate(config.targets):

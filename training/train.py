@@ -161,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-minutes", type=float, default=18.0)
     parser.add_argument("--batches-per-epoch", type=int, default=50)
+    parser.add_argument("--max-epochs", type=int, default=100)
     parser.add_argument("--hidden-size", type=int, default=16)
     parser.add_argument(
         "--normalisation",
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_time_s=args.max_minutes * 60,
         batches_per_epoch=args.batches_per_epoch,
+        max_epochs=args.max_epochs,
         excursion_weight=args.excursion_weight,
         device=args.device,
         threads=args.threads,

@@ -1,0 +1,264 @@
+"""The retrainer's configuration: defaults < YAML (--config.file) < RETRAIN_* env < flags.
+
+`load_config(argv, environ)` is pure apart from reading the YAML file it is pointed at and
+returns one frozen, validated `RetrainConfig`. Every setting has a flag named after its YAML
+path (`gate.coverage_min` -> `--gate.coverage-min`) and an environment variable
+(`RETRAIN_GATE_COVERAGE_MIN`). Durations are Prometheus strings (`7d`, `12h`). Invalid input
+raises `ConfigError` naming the key; `python -m training.retrain` exits 2 with it.
+
+A sample YAML file::
+
+    prometheus: {url: "http://127.0.0.1:9090", timeout: 30s}
+    models: {dir: models}
+    interval: 7d          # how often a run starts (also POST /retrain)
+    history: 14d          # history pulled per run
+    holdout: 1d           # latest window held out for the gate (origins every gate.origin_every)
+    web: {listen_address: "127.0.0.1:9466", token_file: /run/secrets/retrain_token}
+    max_minutes: 18
+    threads: 1
+    nice: 10
+    train: {hidden_size: 16, batches_per_epoch: 50, seed: 42}
+    gate: {tolerance: 0.05, coverage_min: 0.70, coverage_max: 0.90, origin_every: 2h}
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from forecaster.config import ConfigError, PrometheusSettings, parse_duration, split_address
+from forecaster.contract import load_contract
+from forecaster.features import STEP_SECONDS
+from forecaster.model.config import TFTConfig
+from training.baselines import BASELINES
+from training.gates import GateSpec, Window
+
+ENV_PREFIX = "RETRAIN_"
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return value
+
+
+class WebSettings(_Section):
+    """The retrainer's own listener: /metrics, /status, POST /retrain, POST /rollback."""
+
+    listen_address: str = "127.0.0.1:9466"
+    token_file: Path | None = None
+
+    @field_validator("listen_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+
+class ModelsSettings(_Section):
+    """The registry the candidates are written to."""
+
+    dir: Path = Path("models")
+
+
+class TrainSettings(_Section):
+    """Passed to the `python -m training.train` child."""
+
+    hidden_size: int = Field(16, ge=1, le=1024)
+    batch_size: int = Field(64, ge=1, le=65536)
+    batches_per_epoch: int = Field(50, ge=1)
+    max_epochs: int = Field(100, ge=1)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    normalisation: Literal["mean", "last"] = "mean"
+    excursion_weight: float = Field(0.0, ge=0)
+    targets: Annotated[tuple[str, ...] | None, BeforeValidator(_csv)] = None
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return value
+        known = {q.name for q in load_contract().quantities}
+        unknown = [t for t in value if t not in known]
+        if not value or unknown:
+            raise ValueError(f"not in the data contract: {unknown or 'empty list'}")
+        return value
+
+
+class GateSettings(_Section):
+    """Promotion thresholds (training.gates)."""
+
+    tolerance: float = Field(0.05, ge=0, le=10)
+    baseline: str = "seasonal_naive_24h"
+    baseline_tolerance: float = Field(0.0, ge=0, le=10)
+    coverage_min: float = Field(0.70, ge=0, le=1)
+    coverage_max: float = Field(0.90, ge=0, le=1)
+    origin_every: Duration = 7200.0
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline(cls, value: str) -> str:
+        if value not in BASELINES:
+            raise ValueError(f"{value!r} is not one of {sorted(BASELINES)}")
+        return value
+
+    @field_validator("origin_every")
+    @classmethod
+    def _origin_every(cls, value: float) -> float:
+        if value % STEP_SECONDS:
+            raise ValueError(f"must be a multiple of {STEP_SECONDS}s")
+        return value
+
+    def spec(self) -> GateSpec:
+        """The pure gate's thresholds."""
+        return GateSpec(
+            tolerance=self.tolerance,
+            baseline=self.baseline,
+            baseline_tolerance=self.baseline_tolerance,
+            coverage=(self.coverage_min, self.coverage_max),
+        )
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RetrainConfig(_Section):
+    """Every setting of `python -m training.retrain`."""
+
+    prometheus: PrometheusSettings = PrometheusSettings()
+    data: Path | None = None  # parquet history instead of Prometheus (tests, offline use)
+    models: ModelsSettings = ModelsSettings()
+    web: WebSettings = WebSettings()
+    train: TrainSettings = TrainSettings()
+    gate: GateSettings = GateSettings()
+    log: LogSettings = LogSettings()
+    interval: Duration = 7 * 86400.0
+    history: Duration = 14 * 86400.0
+    holdout: Duration = 86400.0
+    max_minutes: float = Field(18.0, gt=0, le=24 * 60)
+    threads: int = Field(1, ge=1, le=256)
+    nice: int = Field(10, ge=0, le=19)
+    once: bool = False
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout(cls, value: float) -> float:
+        horizon = TFTConfig().horizon
+        if value % STEP_SECONDS:
+            raise ValueError(f"must be a multiple of {STEP_SECONDS}s")
+        if value < horizon * STEP_SECONDS:
+            raise ValueError(f"must cover at least one horizon ({horizon} steps)")
+        return value
+
+    def window(self) -> Window:
+        """The step counts one run needs (model shape from TFTConfig's defaults)."""
+        model = TFTConfig()
+        return Window(
+            encoder=model.encoder_length,
+            horizon=model.horizon,
+            holdout=int(self.holdout // STEP_SECONDS),
+        )
+
+
+def _leaves(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of every setting (each gets a flag and an environment variable)."""
+    paths = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += _leaves(annotation, f"{prefix}{name}.")
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths
+
+
+LEAVES = tuple(_leaves(RetrainConfig))
+BOOLEAN_FLAGS = ("once",)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.retrain",
+        description="Retrain the TFT on schedule; promote a candidate only past the gate.",
+    )
+    parser.add_argument("--config.file", dest="config_file", metavar="PATH")
+    for path in LEAVES:
+        flag = "--" + path.replace("_", "-")
+        if path in BOOLEAN_FLAGS:
+            parser.add_argument(flag, dest=path, action="store_const", const=True, default=None)
+        else:
+            parser.add_argument(flag, dest=path, metavar="VALUE", default=None)
+    return parser
+
+
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(path, f"{part} must be a mapping")
+        node = child
+    node[leaf] = value
+
+
+def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> RetrainConfig:
+    """The validated configuration from flags, environment and the YAML file they name."""
+    args = vars(_parser().parse_args(list(argv)))
+    config_file = args.pop("config_file") or environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+    tree: dict[str, Any] = {}
+    if config_file:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError("config.file", f"cannot read {config_file}: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("config.file", "the top level must be a mapping")
+        tree = loaded or {}
+    for path in LEAVES:
+        env = ENV_PREFIX + path.replace(".", "_").upper()
+        if env in environ:
+            _set(tree, path, environ[env])
+    for path, value in args.items():
+        if value is not None:
+            _set(tree, path, value)
+    try:
+        config = RetrainConfig.model_validate(tree)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"]) or "config"
+        raise ConfigError(key, error["msg"]) from None
+    _check(config)
+    return config
+
+
+def _check(config: RetrainConfig) -> None:
+    """Rules across settings, each naming the key to change."""
+    if not config.gate.coverage_min < config.gate.coverage_max:
+        raise ConfigError("gate.coverage_min", "must be below gate.coverage_max")
+    needed = config.window().minimum * STEP_SECONDS
+    if config.history < needed:
+        raise ConfigError(
+            "history",
+            f"must be at least {needed / 3600:g}h: max(training window + validation day, "
+            "backtest context) + holdout",
+        )
