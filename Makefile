@@ -17,7 +17,7 @@ DAEMON_PATTERN := ^/usr/bin/prometheus
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test install apt lint clean model
+.PHONY: help demo test install apt lint clean model dashboards
 
 help:
 	@echo "make demo     install what is missing, then start the demo stack (python -m stack demo)"
@@ -25,7 +25,8 @@ help:
 	@echo "make install  Debian packages + virtual environment $(VENV) with the project"
 	@echo "make apt      only the Debian packages: $(APT_PACKAGES)"
 	@echo "make lint     ruff check, ruff format --check, lint-imports, mypy"
-	@echo "make model    rebuild the shipped default model (about 20 min on 2 cores) and its backtest"
+	@echo "make model    rebuild the shipped default model (about 30 min on 2 cores) and its backtest"
+	@echo "make dashboards  regenerate grafana/dashboards/*.json from tools/dashboards"
 	@echo "make clean    remove $(VENV) and caches"
 
 demo: install
@@ -83,15 +84,22 @@ apt:
 	done; \
 	exit $$status
 
-# The shipped default model: 14 days x 20 simulated servers (seed 42) for training, a later
-# week of a different fleet (seed 7) held out for the backtest. Same commands as recorded in
-# models/<version>/training_info.json and backtest.json.
-MODEL_VERSION ?= default-v3
+# The shipped default model: 14 days x 20 simulated servers (seed 42) for training, a week of
+# another fleet (seed 11) to calibrate the band per horizon, and a later week of a third fleet
+# (seed 7) held out for the backtest. Same commands as recorded in models/<version>/
+# training_info.json and backtest.json. The trained version ($(MODEL_BASE)) must not exist yet.
+MODEL_BASE ?= default-v3
+MODEL_VERSION ?= default-v4
 model: install
 	$(VENV_PY) -m simulator history --days 14 --servers 20 --seed 42 --end 2026-11-16T00:00:00Z --openmetrics-hours 0 --out data/train-seed42
+	$(VENV_PY) -m simulator history --days 8 --servers 20 --seed 11 --end 2026-11-16T00:00:00Z --openmetrics-hours 0 --out data/calib-seed11
 	$(VENV_PY) -m simulator history --days 8 --servers 20 --seed 7 --end 2026-11-23T00:00:00Z --openmetrics-hours 0 --out data/holdout-seed7
-	$(VENV_PY) -m training.train --data data/train-seed42 --models.dir models --version $(MODEL_VERSION) --promote --seed 42 --max-minutes 18 --excursion-weight 2 --normalisation last
+	$(VENV_PY) -m training.train --data data/train-seed42 --models.dir models --version $(MODEL_BASE) --seed 42 --max-minutes 18 --excursion-weight 2 --normalisation last
+	$(VENV_PY) -m training.calibrate --data data/calib-seed11 --models.dir models --version $(MODEL_BASE) --new-version $(MODEL_VERSION) --promote
 	$(VENV_PY) -m training.backtest --data data/holdout-seed7 --models.dir models --version $(MODEL_VERSION) --attach --report docs/BACKTEST-$(MODEL_VERSION).md --incidents data/holdout-seed7/incidents.parquet
+
+dashboards: install
+	$(VENV_PY) -m tools.dashboards
 
 lint: install
 	$(VENV)/bin/ruff check .

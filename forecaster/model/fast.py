@@ -72,7 +72,8 @@ class FastPredictor:
     def predict_with_importance(
         self, batch: Batch
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Forecasts (N, horizon, targets, quantiles), sorted, and each series' encoder
+        """Forecasts (N, horizon, targets, quantiles), sorted (and band-calibrated when the
+        version has a calibration), and each series' encoder
         variable-selection weights averaged over its real history (N, len(encoder_variables)),
         the quantity the library's `interpret_output` reports per sample."""
         outputs, weights = [], []
@@ -93,6 +94,9 @@ class FastPredictor:
             shape = (0, self.config.horizon, len(self.config.targets), len(self.config.quantiles))
             return np.zeros(shape), np.zeros((0, len(self.encoder_variables)))
         forecasts = np.sort(np.concatenate(outputs, axis=0), axis=-1)
+        calibration = self.bundle.calibration
+        if calibration is not None and tuple(self.config.quantiles) == (0.1, 0.5, 0.9):
+            forecasts = calibration.apply(forecasts, tuple(self.config.targets))
         return forecasts, np.concatenate(weights, axis=0)
 
     def inputs(self, batch: Batch, part: slice) -> dict[str, torch.Tensor | list[torch.Tensor]]:

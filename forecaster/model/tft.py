@@ -14,6 +14,8 @@ import torch
 from pytorch_forecasting import TemporalFusionTransformer, TimeSeriesDataSet
 from safetensors.torch import load_model, save_model
 
+from forecaster.model.calibration import FILENAME as CALIBRATION
+from forecaster.model.calibration import Calibration
 from forecaster.model.config import TFTConfig
 from forecaster.model.serialize import (
     from_json,
@@ -35,6 +37,7 @@ class ModelBundle:
     config: TFTConfig
     model: TemporalFusionTransformer
     parameters: dict[str, Any]  # TimeSeriesDataSet parameters: encoders, scalers, normalisers
+    calibration: Calibration | None = None  # per-horizon band scaling (calibration.json)
 
 
 def loss_weights(frame: pd.DataFrame, config: TFTConfig) -> list[float]:
@@ -88,7 +91,10 @@ def load_bundle(directory: Path, device: str = "cpu") -> ModelBundle:
     load_model(model, str(directory / WEIGHTS), strict=True, device=device)
     model.eval()
     parameters = from_json(json.loads((directory / DATASET_PARAMETERS).read_text()))
-    return ModelBundle(config, model.to(device), parameters)
+    calibration = None
+    if (directory / CALIBRATION).is_file():
+        calibration = Calibration.from_json(json.loads((directory / CALIBRATION).read_text()))
+    return ModelBundle(config, model.to(device), parameters, calibration)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -48,6 +49,9 @@ def test_shipped_model_records_how_it_was_built_and_its_backtest(shipped):
     registry, version, bundle = shipped
     info = json.loads((registry.path(version) / "training_info.json").read_text())
     assert info["command"].startswith("python -m training.train")
+    if "calibration" in info:
+        assert info["calibration"]["command"].startswith("python -m training.calibrate")
+        assert bundle.calibration is not None
     assert info["metrics"]["seconds"] <= 20 * 60
     backtest = json.loads((registry.path(version) / "backtest.json").read_text())
     assert backtest["command"].startswith("python -m training.backtest")
@@ -109,3 +113,26 @@ def test_an_unseen_host_is_forecast_as_well_as_the_seen_hosts_of_its_profile(
     assert losses["ppml0099"].mean() <= 1.2 * seen.mean(), (losses["ppml0099"], seen)
     # An unknown prefix (generic profile, unknown host) is served with finite, ordered quantiles.
     assert np.isfinite(forecast[-1]).all() and (np.diff(forecast[-1], axis=-1) >= 0).all()
+
+
+def test_calibrated_band_keeps_the_median_of_the_raw_model(shipped):
+    _, _, bundle = shipped
+    if bundle.calibration is None:
+        pytest.skip("the shipped model is not calibrated")
+    rng = np.random.default_rng(0)
+    config = bundle.config
+    n = 3
+    batch = Batch(
+        TRAINING_END,
+        rng.uniform(0.2, 0.6, size=(n, 288, len(config.targets))),
+        rng.uniform(0.0, 1.0, size=(n, 288, len(config.covariates))),
+        np.full(n, 288),
+        ("database",) * n,
+        tuple(host_id(f"ppdb00{i}") for i in range(n)),
+    )
+    calibrated = FastPredictor(bundle).predict(batch)
+    raw_bundle = dataclasses.replace(bundle, calibration=None)
+    raw = FastPredictor(raw_bundle).predict(batch)
+    np.testing.assert_allclose(calibrated[..., 1], raw[..., 1])
+    assert not np.allclose(calibrated[..., 2], raw[..., 2])
+    assert (np.diff(calibrated, axis=-1) >= 0).all()
