@@ -29,8 +29,17 @@ help:
 	@echo "make dashboards  regenerate grafana/dashboards/*.json from tools/dashboards"
 	@echo "make clean    remove $(VENV) and caches"
 
+# With a running Docker engine (and `secrets/` prepared as the README says) the demo is the
+# docker-compose stack, Grafana included; without one (or with DEMO=local) it is the local stack
+# of real binaries on 127.0.0.1.
+DEMO ?= auto
 demo: install
-	$(VENV_PY) -m stack demo
+	@if [ "$(DEMO)" != local ] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+		echo "demo: Docker engine found: docker compose up --build (Grafana http://127.0.0.1:3000)"; \
+		docker compose up --build; \
+	else \
+		$(VENV_PY) -m stack demo; \
+	fi
 
 test: install
 	$(VENV_PY) -m pytest
