@@ -43,15 +43,24 @@ class CycleLoop:
         self.interval = interval
         self.state_dir = state_dir
         self.stop = threading.Event()
+        self.wake = threading.Event()  # set by a model (re)load: forecast with it at once
         self.thread = threading.Thread(target=self._run, name="forecast-cycle", daemon=True)
         self._persist_errors = 0
 
     def _run(self) -> None:
         while not self.stop.is_set():
             started = time.monotonic()
-            if self.service.run_cycle():
-                self.persist()
-            self.stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            try:
+                if self.service.run_cycle():
+                    self.persist()
+            except Exception:  # run_cycle guards itself; this keeps the thread alive regardless
+                log.exception("forecast cycle raised")
+            self.wake.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            self.wake.clear()
+
+    def request(self) -> None:
+        """Run the next cycle now (also used to stop the loop without waiting)."""
+        self.wake.set()
 
     def persist(self) -> None:
         """Write the current snapshot (errors are logged and counted, never raised)."""
@@ -124,6 +133,7 @@ def _configure_logging(level: str) -> None:
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
 
 def _publish_persisted(hub, config: Config) -> None:
@@ -159,6 +169,7 @@ def build(config: Config, token: str | None):
 
     service = Service(config, source, holder, publish)
     loop = CycleLoop(service, config.cycle.interval, config.state.dir)
+    holder.on_change = lambda _model: loop.request()
     app = build_app(
         hub,
         ingest=service.ingest,
@@ -214,6 +225,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already shutting down
         loop.stop.set()
+        loop.request()
         holder.stop(timeout=1.0)
         loop.thread.join(SHUTDOWN_GRACE_S)
         loop.persist()

@@ -78,7 +78,7 @@ class ModelHolder:
         self.registry = Registry(settings.dir)
         self.failures: Counter[str] = Counter()
         self._loader = loader
-        self._on_change = on_change
+        self.on_change = on_change
         self._current: LoadedModel | None = None
         self._refused: str | None = None  # the version that failed last, not retried
         self._wake = threading.Event()
@@ -111,8 +111,8 @@ class ModelHolder:
             loaded = self._load(wanted)
             if loaded is None:
                 return self._current
-        if self._on_change is not None:
-            self._on_change(loaded)
+        if self.on_change is not None:
+            self.on_change(loaded)
         return loaded
 
     def _load(self, wanted: str) -> LoadedModel | None:

@@ -112,11 +112,10 @@ class Service:
             started = time.monotonic()
             try:
                 partial = self._fetch()
+                snapshot = self._forecast_and_build()
             except SourceError as exc:
                 self._source_failed(exc.reason, str(exc), started)
                 return False
-            try:
-                snapshot = self._forecast_and_build()
             except Exception:  # a bug must not stop the service: count it and keep serving
                 log.exception("forecast cycle failed")
                 self._source_failed("internal", "internal error", started, source_up=True)

@@ -309,3 +309,23 @@ def test_shipped_model_serves_every_warm_instance_with_drivers():
     service, published = make_service(short, ["--model.dir", str(root)], holder=holder)
     service.run_cycle()
     assert published[-1][0].instances["ppdb009"].method == "heuristic"  # 2 h < 3 h warm-up
+
+
+def test_an_internal_error_is_counted_and_the_last_snapshot_keeps_serving(monkeypatch):
+    source = FakeSource(FLEET)
+    service, published = make_service(source)
+    service.run_cycle()
+    good = published[-1][0]
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(service.window, "merge", broken)
+    advance(source, 300)
+    assert not service.run_cycle()
+    snapshot, state = published[-1]
+    assert snapshot is good
+    assert state.cycle_failures == {"internal": 1}
+    monkeypatch.undo()
+    advance(source, 300)
+    assert service.run_cycle()
