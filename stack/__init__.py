@@ -1,8 +1,9 @@
 """Runs the local monitoring stack as processes: Prometheus, Alertmanager, node_exporter, simulator.
 
 The simulator's history is backfilled into Prometheus with promtool, then every service starts on
-127.0.0.1 with a free port. This package drives the other project packages only as subprocesses
-and never imports them.
+127.0.0.1 with a free port; the demo adds the forecaster (shipped model) and a local webhook
+receiver for Alertmanager's notifications. This package drives the other project packages only
+as subprocesses and never imports them.
 """
 
 from stack.config import StackConfig

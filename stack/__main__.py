@@ -8,67 +8,59 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from pathlib import Path
 
+from stack.banner import demo_banner
 from stack.config import load_config
+from stack.layout import Layout
 from stack.process import StackError
-from stack.stack import Stack, StackInfo
+from stack.stack import Stack
 
 log = logging.getLogger("stack")
 
-EXAMPLE_QUERIES = (
-    "instance:cpu_utilisation:rate5m",
-    "topk(5, instance:memory_utilisation:ratio)",
-    "instance:request_latency_p95:rate5m",
-    '1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[5m]))',
-)
+__all__ = ["LogFollower", "demo_banner", "main", "run_demo"]
+
+POLL_S = 1.0
 
 
-def _utc(t: int) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+class LogFollower:
+    """The lines appended to a log file since it was opened or last read (whole lines only)."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._offset = path.stat().st_size  # what the file holds already is not news
+        except OSError:
+            self._offset = 0
+        self._partial = b""
 
-def demo_banner(info: StackInfo) -> str:
-    """What the demo prints once everything runs: URLs, queries to try, scenario switches."""
-    services = [
-        ("Prometheus", info.prometheus_url),
-        ("Alertmanager", info.alertmanager_url),
-        ("node_exporter", info.node_exporter_url),
-        ("Simulator", info.simulator_url),
-    ]
-    lines = ["", "Stack running; Ctrl-C stops it.", ""]
-    lines += [f"  {name:<14}{url}" for name, url in services if url is not None]
-    lines += [
-        f"  {'Work dir':<14}{info.workdir}",
-        f"  {'Processes':<14}" + ", ".join(f"{name} {pid}" for name, pid in info.pids.items()),
-        f"  {'History':<14}{_utc(info.window.epoch)} to {_utc(info.window.end)}"
-        f" ({info.window.hours:g} h) in {info.history_dir}",
-        f"  {'Backfilled':<14}up to {_utc(info.backfill_end)}, live scrapes from there on",
-        "",
-        f"PromQL to try at {info.prometheus_url}/graph :",
-        *(f"  {query}" for query in EXAMPLE_QUERIES),
-        "",
-        "Switch the simulated fleet's scenario (healthy, degrading, critical):",
-        f"  python -m simulator scenario critical --url {info.simulator_url}",
-        f"  curl -X POST -H 'Content-Type: application/json' -d '{{\"scenario\": \"critical\"}}'"
-        f" {info.simulator_url}/scenario/set",
-        f"  curl {info.simulator_url}/status",
-        "",
-        "Break one node now (memory_leak, filesystem_fill, cpu_saturation, latency_degradation):",
-        "  python -m simulator incident --node ppdb001 --kind memory_leak --ramp 20m"
-        f" --url {info.simulator_url}",
-        f"  curl {info.simulator_url}/incidents",
-        "",
-    ]
-    return "\n".join(lines)
+    def new_lines(self) -> list[str]:
+        """Lines written since the previous call; none while the file does not exist."""
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except OSError:
+            return []
+        self._offset += len(chunk)
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        return [line.decode(errors="replace") for line in lines]
 
 
 def run_demo(stack: Stack) -> int:
-    """Start the stack, print the banner, wait for Ctrl-C; 1 if a service dies first."""
+    """Start the stack, print the banner, wait for Ctrl-C; 1 if a service dies first.
+
+    While it waits, the alerts that the local webhook receiver prints are echoed here.
+    """
     with stack as info:
         print(demo_banner(info), flush=True)
+        receiver_log = Layout(info.workdir).log("receiver")
+        followers = [LogFollower(receiver_log)] if info.receiver_url is not None else []
         while not (exited := stack.exited()):
-            time.sleep(1.0)
+            for follower in followers:
+                for line in follower.new_lines():
+                    print(f"alert: {line}", flush=True)
+            time.sleep(POLL_S)
         for name, returncode in exited.items():
             log.error(
                 "%s exited on its own with status %d; see %s/logs", name, returncode, info.workdir

@@ -49,6 +49,11 @@ class StackConfig:
     every scrape and rule-evaluation interval in the work copy (tests use it to go faster) and is
     also the sample spacing of the backfilled history. `workdir` None uses a fresh temporary
     directory.
+
+    `forecaster` starts `python -m forecaster` with the repository's model registry, one cycle
+    every `cycle_interval_s`; `webhook_receiver` starts `python -m stack.receiver` and runs
+    Alertmanager with a work copy of its config whose notifiers all post to that receiver.
+    Both are off here and on in `python -m stack demo` (`--no-forecaster`, `--no-receiver`).
     """
 
     servers: int = 20
@@ -59,8 +64,12 @@ class StackConfig:
     keep_workdir: bool = False
     alertmanager: bool = True
     node_exporter: bool = True
+    forecaster: bool = False
+    cycle_interval_s: int = 60
+    webhook_receiver: bool = False
     repo_root: Path = REPO_ROOT
     ready_timeout_s: float = 60.0
+    forecaster_ready_timeout_s: float = 180.0
     stop_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -76,7 +85,11 @@ class StackConfig:
                 check_scrape_interval(self.scrape_interval_s)
             except ValueError as error:
                 raise ValueError(f"scrape_interval_s: {error}") from error
-        for name in ("ready_timeout_s", "stop_timeout_s"):
+        try:
+            check_cycle_interval(self.cycle_interval_s)
+        except ValueError as error:
+            raise ValueError(f"cycle_interval_s: {error}") from error
+        for name in ("ready_timeout_s", "forecaster_ready_timeout_s", "stop_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
 
@@ -88,6 +101,12 @@ def check_scrape_interval(seconds: float) -> None:
             "must be a whole number of seconds that divides 5m and is at most 75s"
             f" (rate[5m] needs several samples), got {seconds}s"
         )
+
+
+def check_cycle_interval(seconds: float) -> None:
+    """Accept a whole number of seconds from 1 s to 1 h between forecast cycles."""
+    if seconds != int(seconds) or not 1 <= seconds <= 3600:
+        raise ValueError(f"must be a whole number of seconds from 1s to 1h, got {seconds}s")
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,12 @@ def _interval(text: str) -> int:
     return int(seconds)
 
 
+def _cycle_interval(text: str) -> int:
+    seconds = parse_duration(text)
+    check_cycle_interval(seconds)
+    return int(seconds)
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -160,8 +185,38 @@ _OPTIONS = (
         _bool,
         "start a real node_exporter",
     ),
+    _Option(
+        "--forecaster",
+        "STACK_FORECASTER",
+        "forecaster",
+        _bool,
+        "start the forecaster service with the shipped model (default: on)",
+    ),
+    _Option(
+        "--cycle-interval",
+        "STACK_CYCLE_INTERVAL",
+        "cycle_interval_s",
+        _cycle_interval,
+        "time between the forecaster's cycles, e.g. 10s (1m)",
+    ),
+    _Option(
+        "--receiver",
+        "STACK_RECEIVER",
+        "webhook_receiver",
+        _bool,
+        "send Alertmanager's notifications to a local webhook receiver (default: on)",
+    ),
 )
-_BOOLEAN_KEYS = frozenset(("keep_workdir", "alertmanager", "node_exporter"))
+_BOOLEAN_KEYS = frozenset(
+    ("keep_workdir", "alertmanager", "node_exporter", "forecaster", "webhook_receiver")
+)
+# What `demo` sets unless a flag or variable says otherwise (StackConfig's own defaults keep a
+# bare stack for tests).
+DEMO_DEFAULTS: Mapping[str, Any] = {
+    "workdir": DEFAULT_DEMO_WORKDIR,
+    "forecaster": True,
+    "webhook_receiver": True,
+}
 
 
 def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -181,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The `python -m stack` argument parser; every default is None so the environment shows."""
     parser = argparse.ArgumentParser(
         prog="python -m stack",
-        description="Run Prometheus, Alertmanager, node_exporter and the simulator on 127.0.0.1.",
+        description=(
+            "Run Prometheus, Alertmanager, node_exporter, the simulator and the forecaster"
+            " on 127.0.0.1."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="start the stack and wait for Ctrl-C")
@@ -218,8 +276,8 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> CliConfig:
     log_level = args["log_level"] or environ.get("STACK_LOG_LEVEL", "info").lower()
     if log_level not in LOG_LEVELS:
         parser.error(f"STACK_LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
-    if args["command"] == "demo" and "workdir" not in values:
-        values["workdir"] = DEFAULT_DEMO_WORKDIR
+    if args["command"] == "demo":
+        values = {**DEMO_DEFAULTS, **values}
     try:
         stack = StackConfig(**values)
     except ValueError as error:

@@ -17,6 +17,8 @@ from stack.config import STEP_S, StackConfig, format_duration, parse_duration
 PROMETHEUS_DEFAULT_SCRAPE_INTERVAL_S = 60.0  # Prometheus's own default when the file sets none
 NODE_JOB = "node"
 NODE_EXPORTER_INSTANCE = "node-exporter-local"
+MODEL_DIR = "models"  # the repository's model registry (models/current.json names the version)
+RECEIVER_PATH = "/webhook"  # where the local receiver takes Alertmanager's notifications
 
 
 @dataclass(frozen=True)
@@ -150,3 +152,64 @@ def simulator_command(
         *("--epoch", str(window.epoch), "--sd.file", str(sd_file)),
         *("--sd.target-address", address),
     ]
+
+
+def forecaster_command(
+    python: str, config: StackConfig, prometheus_url: str, address: str, state_dir: Path
+) -> list[str]:
+    """`python -m forecaster` on `address`, reading `prometheus_url`, with the repository's
+    model registry on the CPU and its state (the persisted snapshot) in `state_dir`."""
+    return [
+        *(python, "-m", "forecaster", "--prometheus.url", prometheus_url),
+        *("--web.listen-address", address),
+        *("--model.dir", str(config.repo_root / MODEL_DIR), "--model.device", "cpu"),
+        *("--state.dir", str(state_dir)),
+        *("--cycle.interval", format_duration(config.cycle_interval_s)),
+    ]
+
+
+def receiver_command(python: str, address: str) -> list[str]:
+    """The local webhook receiver (`python -m stack.receiver`) on `address`."""
+    return [python, "-m", "stack.receiver", "--listen", address]
+
+
+def forecaster_urls(base_url: str) -> dict[str, str]:
+    """The forecaster's endpoints worth showing, by role: exposition, REST, status, WebSocket."""
+    return {
+        "metrics": f"{base_url}/metrics",
+        "predictions": f"{base_url}/predictions/current",
+        "predict": f"{base_url}/predict/{{instance}}",
+        "alerts": f"{base_url}/alerts/active",
+        "status": f"{base_url}/status",
+        "websocket": "ws" + base_url.removeprefix("http") + "/ws",
+    }
+
+
+def _notifier_keys(receiver: dict[str, Any]) -> list[str]:
+    """The notification integrations of one receiver (`slack_configs`, `webhook_configs`, ...)."""
+    return [key for key in receiver if key.endswith("_configs")]
+
+
+def local_webhook_alertmanager_config(
+    document: dict[str, Any], webhook_url: str, config_dir: Path
+) -> dict[str, Any] | None:
+    """A copy of an Alertmanager config whose receivers post only to `webhook_url`.
+
+    Routes, inhibit rules and null receivers stay as they are; every receiver that notifies
+    anything (Slack, PagerDuty, a webhook...) gets one `webhook_configs` entry instead, with
+    resolved notifications. Relative `templates` are made absolute against `config_dir`, the
+    directory of the original, so that the copy works from anywhere. None when no receiver
+    notifies anything: the original can then run as it is.
+    """
+    if not any(_notifier_keys(receiver) for receiver in document.get("receivers") or []):
+        return None
+    patched = copy.deepcopy(document)
+    for receiver in patched["receivers"]:
+        keys = _notifier_keys(receiver)
+        if keys:
+            for key in keys:
+                del receiver[key]
+            receiver["webhook_configs"] = [{"url": webhook_url, "send_resolved": True}]
+    if patched.get("templates"):
+        patched["templates"] = [str(config_dir / pattern) for pattern in patched["templates"]]
+    return patched

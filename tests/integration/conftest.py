@@ -1,4 +1,8 @@
-"""Integration fixtures: one real stack per session, PromQL helpers and a deadline poller."""
+"""Integration fixtures: real stacks, PromQL helpers and a deadline poller.
+
+One stack per session (`stack`), and one with the forecaster per module that asks for it
+(`forecast_stack`).
+"""
 
 from __future__ import annotations
 
@@ -100,6 +104,35 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
         keep_workdir=True,
         alertmanager=True,
         node_exporter=True,
+    )
+    with Stack(config) as info:
+        yield info
+
+
+# The forecaster's stack: a short cycle so that a scenario switch shows within a minute or two.
+FORECAST_CYCLE_S = 10
+FORECAST_HISTORY_HOURS = 4  # above the model's 3 h minimum, so every node is served by the TFT
+
+
+@pytest.fixture(scope="module")
+def forecast_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+    """Prometheus, the simulator (20 nodes, 4 h history) and the forecaster with the shipped
+    model, one cycle every 10 s, scraped every 15 s; no Alertmanager or node_exporter.
+
+    Module-scoped: its tests may switch the simulator's scenario. The work directory, logs
+    included, is kept under pytest's temporary directory for inspection after a failure.
+    """
+    config = StackConfig(
+        servers=len(SIMULATED_NODES),
+        seed=42,
+        history_hours=FORECAST_HISTORY_HOURS,
+        scrape_interval_s=SCRAPE_INTERVAL_S,
+        workdir=Path(tmp_path_factory.mktemp("forecast-stack")) / "work",
+        keep_workdir=True,
+        alertmanager=False,
+        node_exporter=False,
+        forecaster=True,
+        cycle_interval_s=FORECAST_CYCLE_S,
     )
     with Stack(config) as info:
         yield info
