@@ -346,5 +346,13 @@ class Rendered:
 def prerender(
     snapshot: Snapshot, state: ServiceState, *, now: float, stale_after: float
 ) -> Rendered:
-    """`render` plus compression: what the hub stores and `/metrics` serves."""
-    return Rendered.of(render(snapshot, state, now=now, stale_after=stale_after), now)
+    """The exposition plus its compression: what the hub stores and `/metrics` serves.
+
+    The body comes from `exporter.render.render_text`, a hand-written renderer that writes
+    the same bytes as `render` (prometheus_client's `generate_latest` over this collector)
+    several times faster (docs/BENCHMARKS.md); `render` stays the specification that
+    `tests/unit/test_exporter_render.py` compares it with.
+    """
+    from exporter.render import render_text  # imports this module: import it late
+
+    return Rendered.of(render_text(snapshot, state, now=now, stale_after=stale_after), now)
