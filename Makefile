@@ -17,7 +17,7 @@ DAEMON_PATTERN := ^/usr/bin/prometheus
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test install apt lint clean model dashboards
+.PHONY: help demo test install apt lint clean model dashboards evaluation bench
 
 help:
 	@echo "make demo     install what is missing, then start the demo stack (python -m stack demo)"
@@ -109,6 +109,17 @@ model: install
 
 dashboards: install
 	$(VENV_PY) -m tools.dashboards
+
+# The early-warning evaluation (docs/EVALUATION.md): a fleet and period the model never saw,
+# baselines tuned on the training period; about 30 min on 2 cores.
+evaluation: install
+	$(VENV_PY) -m simulator history --days 16 --servers 40 --seed 1234 --end 2026-12-14T00:00:00Z --openmetrics-hours 0 --out data/eval-seed1234
+	$(VENV_PY) -m simulator history --days 14 --servers 20 --seed 42 --end 2026-11-16T00:00:00Z --openmetrics-hours 0 --out data/train-seed42
+	$(VENV_PY) -m training.evaluate --data data/eval-seed1234 --tune-data data/train-seed42 --models.dir models --report docs/EVALUATION.md --tune-probability --replay-cache data/evaluation-cache
+
+# The benchmark suite (docs/BENCHMARKS.md); about 15-25 min on 2 cores.
+bench: install
+	$(VENV_PY) -m bench
 
 lint: install
 	$(VENV)/bin/ruff check .
