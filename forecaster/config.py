@@ -36,7 +36,7 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -44,6 +44,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from forecaster.contract import Contract, Quantity, load_contract
 
 ENV_PREFIX = "FORECASTER_"
+M = TypeVar("M", bound=BaseModel)
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -331,13 +332,14 @@ def _set(tree: dict[str, Any], path: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
-    """The validated configuration from flags, environment and the YAML file they name."""
-    parser = _parser()
-    args = vars(parser.parse_args(list(argv)))
+def layered(
+    args: dict[str, Any], environ: Mapping[str, str], prefix: str, leaves: Sequence[str]
+) -> dict[str, Any]:
+    """The settings tree: the YAML file (`config_file` flag or `<prefix>CONFIG_FILE`), then
+    `<prefix><PATH>` environment variables for the scalar `leaves`, then the flags in `args`
+    (dotted path -> value, None when not given). Shared by every service of the project."""
+    config_file = args.pop("config_file", None) or environ.get(f"{prefix}CONFIG_FILE")
     tree: dict[str, Any] = {}
-    config_file = args.pop("config_file") or environ.get(f"{ENV_PREFIX}CONFIG_FILE")
-    args.pop("check_config")
     if config_file:
         try:
             loaded = yaml.safe_load(Path(config_file).read_text())
@@ -346,19 +348,31 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("config.file", "the top level must be a mapping")
         tree = loaded or {}
-    for path in LEAVES:
-        env = ENV_PREFIX + path.replace(".", "_").upper()
+    for path in leaves:
+        env = prefix + path.replace(".", "_").upper()
         if env in environ:
             _set(tree, path, environ[env])
     for path, value in args.items():
         if value is not None:
             _set(tree, path, value)
+    return tree
+
+
+def validated(model: type[M], tree: dict[str, Any]) -> M:
+    """`model` built from `tree`; the first validation error becomes a `ConfigError`."""
     try:
-        return Config.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as exc:
         error = exc.errors()[0]
         key = ".".join(str(part) for part in error["loc"]) or "config"
         raise ConfigError(key, error["msg"]) from None
+
+
+def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
+    """The validated configuration from flags, environment and the YAML file they name."""
+    args = vars(_parser().parse_args(list(argv)))
+    args.pop("check_config")
+    return validated(Config, layered(args, environ, ENV_PREFIX, LEAVES))
 
 
 def read_secret(path: Path | None) -> str | None:

@@ -26,19 +26,24 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
 )
 
-from forecaster.config import ConfigError, PrometheusSettings, parse_duration, split_address
+from forecaster.config import (
+    ConfigError,
+    PrometheusSettings,
+    layered,
+    parse_duration,
+    split_address,
+    validated,
+)
 from forecaster.contract import load_contract
 from forecaster.features import STEP_SECONDS
 from forecaster.model.config import TFTConfig
@@ -210,43 +215,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _set(tree: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    node = tree
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(path, f"{part} must be a mapping")
-        node = child
-    node[leaf] = value
-
-
 def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> RetrainConfig:
     """The validated configuration from flags, environment and the YAML file they name."""
     args = vars(_parser().parse_args(list(argv)))
-    config_file = args.pop("config_file") or environ.get(f"{ENV_PREFIX}CONFIG_FILE")
-    tree: dict[str, Any] = {}
-    if config_file:
-        try:
-            loaded = yaml.safe_load(Path(config_file).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError("config.file", f"cannot read {config_file}: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError("config.file", "the top level must be a mapping")
-        tree = loaded or {}
-    for path in LEAVES:
-        env = ENV_PREFIX + path.replace(".", "_").upper()
-        if env in environ:
-            _set(tree, path, environ[env])
-    for path, value in args.items():
-        if value is not None:
-            _set(tree, path, value)
-    try:
-        config = RetrainConfig.model_validate(tree)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"]) or "config"
-        raise ConfigError(key, error["msg"]) from None
+    config = validated(RetrainConfig, layered(args, environ, ENV_PREFIX, LEAVES))
     _check(config)
     return config
 
