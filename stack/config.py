@@ -54,6 +54,12 @@ class StackConfig:
     every `cycle_interval_s`; `webhook_receiver` starts `python -m stack.receiver` and runs
     Alertmanager with a work copy of its config whose notifiers all post to that receiver.
     Both are off here and on in `python -m stack demo` (`--no-forecaster`, `--no-receiver`).
+
+    Library-only overrides (tests): `alertmanager_config` runs Alertmanager with that file as it
+    is, real receivers included (not with `webhook_receiver`); `rules_dir` is copied into the
+    work dir instead of the repository's `prometheus/rules/`; `incident_rate` sets the
+    simulator's scheduled incidents per node and day, for the history and the live simulator
+    alike (None: the simulator's default; 0: only injected incidents happen).
     """
 
     servers: int = 20
@@ -71,6 +77,9 @@ class StackConfig:
     ready_timeout_s: float = 60.0
     forecaster_ready_timeout_s: float = 180.0
     stop_timeout_s: float = 10.0
+    alertmanager_config: Path | None = None
+    rules_dir: Path | None = None
+    incident_rate: float | None = None
 
     def __post_init__(self) -> None:
         """Reject values that cannot give a working stack, naming the field."""
@@ -92,6 +101,15 @@ class StackConfig:
         for name in ("ready_timeout_s", "forecaster_ready_timeout_s", "stop_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.alertmanager_config is not None and self.webhook_receiver:
+            raise ValueError(
+                "alertmanager_config: runs as it is, so it cannot be combined with"
+                " webhook_receiver (which rewrites the repository's receivers)"
+            )
+        if self.incident_rate is not None and not 0 <= self.incident_rate <= 4:
+            raise ValueError(
+                f"incident_rate: must be between 0 and 4 per node and day, got {self.incident_rate}"
+            )
 
 
 def check_scrape_interval(seconds: float) -> None:

@@ -97,15 +97,18 @@ def write_json(path: Path, content: Any) -> None:
     partial.replace(path)
 
 
-def write_prometheus_config(repo_root: Path, layout: Layout, interval_s: int | None) -> float:
-    """Copy prometheus.yml and rules/ into the work dir, patching intervals if asked.
+def write_prometheus_config(
+    repo_root: Path, layout: Layout, interval_s: int | None, rules_dir: Path | None = None
+) -> float:
+    """Copy prometheus.yml and rules/ (or `rules_dir` instead) into the work dir, patching
+    intervals if asked.
 
     Returns the node job's scrape interval in the copy: the spacing the history must have.
     """
     source = prometheus_config_source(repo_root)
     document = yaml.safe_load(source.read_text())
     rules_target = layout.prometheus_config.parent / "rules"
-    shutil.copytree(source.parent / "rules", rules_target)
+    shutil.copytree(rules_dir if rules_dir is not None else source.parent / "rules", rules_target)
     if interval_s is not None:
         document = plan.patch_prometheus_config(document, interval_s)
         for rule_file in sorted(rules_target.glob("*.yml")):

@@ -110,6 +110,7 @@ def history_command(
         *("--end", str(window.now), "--epoch", str(window.epoch)),
         *("--scrape-interval", format_duration(interval_s), "--job", NODE_JOB),
         *("--out", str(out)),
+        *_incident_rate_flags(config),
     ]
 
 
@@ -151,7 +152,15 @@ def simulator_command(
         *("--servers", str(config.servers), "--seed", str(config.seed)),
         *("--epoch", str(window.epoch), "--sd.file", str(sd_file)),
         *("--sd.target-address", address),
+        *_incident_rate_flags(config),
     ]
+
+
+def _incident_rate_flags(config: StackConfig) -> list[str]:
+    """`--incident.rate` when the config sets one (history and live simulator must agree)."""
+    if config.incident_rate is None:
+        return []
+    return ["--incident.rate", repr(float(config.incident_rate))]
 
 
 def forecaster_command(

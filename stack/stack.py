@@ -82,9 +82,11 @@ def preflight(config: StackConfig) -> Binaries:
             config.repo_root / "forecaster" / "__main__.py",
             config.repo_root / plan.MODEL_DIR / "current.json",
         ]
+    if config.rules_dir is not None:
+        required.append(config.rules_dir)
     alertmanager = node_exporter = None
     if config.alertmanager:
-        required.append(alertmanager_config_source(config.repo_root))
+        required.append(config.alertmanager_config or alertmanager_config_source(config.repo_root))
         alertmanager = find_binary(
             ["prometheus-alertmanager", "alertmanager"], "prometheus-alertmanager"
         )
@@ -141,7 +143,9 @@ class Stack:
         layout = Layout(self._resources.enter_context(self._workdir()))
         launch = Launch(config, binaries, layout, self._resources.enter_context(self._supervisor))
         with timed("config"):
-            interval_s = write_prometheus_config(config.repo_root, layout, config.scrape_interval_s)
+            interval_s = write_prometheus_config(
+                config.repo_root, layout, config.scrape_interval_s, config.rules_dir
+            )
         window = plan.history_window(time.time(), config.history_hours)
         with timed(f"history ({config.servers} servers, {config.history_hours} h)"):
             launch.simulate(window, interval_s)
@@ -162,9 +166,12 @@ class Stack:
             if config.webhook_receiver:
                 urls["receiver"] = launch.start_receiver(ports["receiver"])
                 webhook_url = f"{urls['receiver']}{plan.RECEIVER_PATH}"
-            alertmanager_config = write_alertmanager_config(
-                config.repo_root, launch.layout, webhook_url
-            )
+            if config.alertmanager_config is not None:
+                alertmanager_config = config.alertmanager_config
+            else:
+                alertmanager_config = write_alertmanager_config(
+                    config.repo_root, launch.layout, webhook_url
+                )
             urls["alertmanager"] = launch.start_alertmanager(
                 binaries.alertmanager, ports["alertmanager"], alertmanager_config
             )
