@@ -240,15 +240,9 @@ def _by_reason(name: str, help_text: str, counts: Mapping[str, int]) -> CounterM
     return family
 
 
-def service_families(state: ServiceState, instances: list[InstanceSnapshot]) -> Iterator[Metric]:
-    """The service's own health: cycles, source, model, input cleaning, shard."""
-    if state.last_success is not None:
-        last = _gauge(
-            "forecaster_last_success_timestamp_seconds", "Unix time of the last successful cycle."
-        )
-        _add(last, [], state.last_success)
-        yield last
-    flags = (
+def state_gauges(state: ServiceState) -> tuple[tuple[str, str, float], ...]:
+    """(name, help, value) of the service's single-value gauges, in exposition order."""
+    return (
         (
             "forecaster_cycle_duration_seconds",
             "Duration of the last cycle.",
@@ -257,12 +251,27 @@ def service_families(state: ServiceState, instances: list[InstanceSnapshot]) -> 
         (
             "forecaster_source_up",
             "Whether the last query of the source succeeded.",
-            state.source_up,
+            float(state.source_up),
         ),
-        ("forecaster_input_partial", "Whether the last input was partial.", state.input_partial),
-        ("forecaster_model_loaded", "Whether a model is loaded.", state.model_loaded),
+        (
+            "forecaster_input_partial",
+            "Whether the last input was partial.",
+            float(state.input_partial),
+        ),
+        ("forecaster_model_loaded", "Whether a model is loaded.", float(state.model_loaded)),
         ("forecaster_start_time_seconds", "Unix time the service started.", state.started_at),
     )
+
+
+def service_families(state: ServiceState, instances: list[InstanceSnapshot]) -> Iterator[Metric]:
+    """The service's own health: cycles, source, model, input cleaning, shard."""
+    if state.last_success is not None:
+        last = _gauge(
+            "forecaster_last_success_timestamp_seconds", "Unix time of the last successful cycle."
+        )
+        _add(last, [], state.last_success)
+        yield last
+    flags = state_gauges(state)
     for name, help_text, value in flags:
         family = _gauge(name, help_text)
         _add(family, [], float(value))

@@ -31,6 +31,7 @@ from exporter.collector import (
     _quantity_order,
     is_stale,
     safe_label,
+    state_gauges,
 )
 from exporter.snapshot import (
     FLEET_HEALTH,
@@ -357,21 +358,7 @@ def _service(
         )
         last.add((), state.last_success)
         last.write(out)
-    flags = (
-        (
-            "forecaster_cycle_duration_seconds",
-            "Duration of the last cycle.",
-            state.last_cycle_duration,
-        ),
-        (
-            "forecaster_source_up",
-            "Whether the last query of the source succeeded.",
-            state.source_up,
-        ),
-        ("forecaster_input_partial", "Whether the last input was partial.", state.input_partial),
-        ("forecaster_model_loaded", "Whether a model is loaded.", state.model_loaded),
-        ("forecaster_start_time_seconds", "Unix time the service started.", state.started_at),
-    )
+    flags = state_gauges(state)
     for name, help_text, value in flags:
         family = _Family(name, help_text)
         family.add((), float(value))
