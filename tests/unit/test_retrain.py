@@ -375,7 +375,7 @@ def test_metrics_expose_every_family_and_the_three_outcomes(tmp_path, history):
 # --- real runs: tiny candidates trained in child processes -----------------------------------
 
 WRAPPER = r"""
-import sys, time
+import sys, threading
 from pathlib import Path
 import numpy as np, pandas as pd
 mode, argv = sys.argv[1], sys.argv[2:]
@@ -391,7 +391,7 @@ if mode == "block":  # stop inside the staging directory, files half written, un
     from forecaster.registry import Registry
     def commit(self, staged, version, info):
         print("staged", flush=True)
-        time.sleep(600)
+        threading.Event().wait()  # blocks until the test SIGKILLs this process
     Registry.commit = commit
 from training.train import main
 sys.exit(main(argv))
