@@ -135,6 +135,20 @@ class CycleSettings(_Section):
     warmup_steps: int = Field(36, ge=1)
 
 
+class GuardSettings(_Section):
+    """Per-series choice among the TFT, seasonal naive and the heuristic (`forecaster.guard`)."""
+
+    enabled: bool = True  # False: the TFT wherever it serves, the heuristic elsewhere
+    history: Duration = 3 * 86_400.0  # history held per series: >= 2 seasons for the backtest
+    backfill_chunk: Duration = 12 * 3_600.0  # older history fetched per cycle until it is held
+    spacing: Duration = 3_600.0  # between recorded (and backtested) forecast origins
+    memory: int = Field(48, ge=4, le=1_000)  # scored samples kept per series and horizon band
+    min_samples: int = Field(12, ge=1)  # samples before a method is chosen or a band moved
+    margin: float = Field(0.1, ge=0.0, lt=1.0)  # a challenger must beat the incumbent by this
+    bootstrap_origins: int = Field(24, ge=0, le=1_000)  # past origins backtested at start
+    bootstrap_per_cycle: int = Field(4, ge=1)  # of them per cycle (bounds a cycle's cost)
+
+
 class ModelSettings(_Section):
     """Which model serves, on what device."""
 
@@ -230,6 +244,7 @@ class Config(_Section):
     web: WebSettings = WebSettings()
     cycle: CycleSettings = CycleSettings()
     model: ModelSettings = ModelSettings()
+    guard: GuardSettings = GuardSettings()
     shard: ShardSettings = ShardSettings()
     state: StateSettings = StateSettings()
     log: LogSettings = LogSettings()
@@ -261,8 +276,7 @@ class Config(_Section):
     def targets(self, contract: Contract) -> tuple[Quantity, ...]:
         """The forecast quantities: the configured names, or every target of the contract."""
         if self.quantities is None:
-            names = [q.name for q in contract.targets]
-            names += [n for n, q in self.custom_quantities.items() if q.role == "target"]
+            names = [q.name for q in contract.targets]  # custom targets are in the contract
         else:
             names = list(self.quantities)
         return tuple(_lookup(contract, n, "quantities") for n in names)

@@ -15,20 +15,29 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 
 from exporter.snapshot import QUANTILES
 from forecaster.clean import Cleaned
 from forecaster.contract import Quantity
-from forecaster.heuristic import clip_to_domain, heuristic_forecast
+from forecaster.guard import Guard
+from forecaster.heuristic import (
+    SEASON_STEPS,
+    clip_to_domain,
+    heuristic_forecast,
+    seasonal_naive_forecast,
+)
 from forecaster.risk import trend_per_hour
 
 log = logging.getLogger(__name__)
 MAX_DRIVERS = 5
+PLAUSIBLE_SPAN = 2.0
+"""How far above its window's maximum an unbounded quantity's band may reach, in ranges."""
 # Encoder inputs that are bookkeeping rather than drivers an operator can act on.
 _NOT_DRIVERS = ("relative_time_idx", "encoder_length")
 
@@ -59,6 +68,7 @@ class ForecastSet:
     trend: Mapping[str, NDArray[np.float64]]  # quantity -> (N,) units per hour
     drivers: tuple[tuple[tuple[str, float], ...], ...]  # per instance, largest first
     events: Counter[str] = field(default_factory=Counter)  # e.g. model_nan rows
+    scores: Mapping[str, NDArray[np.float64]] = field(default_factory=dict)  # q -> (N, methods)
 
 
 def forecast(
@@ -71,43 +81,40 @@ def forecast(
     horizon: int = 96,
     step: int = 300,
     batch_factory: object = None,
+    guard: Guard | None = None,
 ) -> ForecastSet:
-    """Forecast every instance of `cleaned` (see the module docstring)."""
+    """Forecast every instance of `cleaned` (see the module docstring).
+
+    Without a `guard` the TFT serves where it can and the heuristic everywhere else; with one,
+    the guard picks per series among the candidates and recalibrates their bands
+    (`forecaster.guard`), after scoring its earlier records against this window.
+    """
     n = len(cleaned.instances)
-    column = {name: i for i, name in enumerate(cleaned.quantities)}
     names = [q.name for q in targets]
-    y = np.where(cleaned.observed, cleaned.values, np.nan)
-    events: Counter[str] = Counter()
-    out = {q: np.full((n, horizon, len(QUANTILES)), np.nan) for q in names}
-    methods = {q: np.full(n, "heuristic", dtype="<U9") for q in names}
     instance_profiles = tuple(profiles.get(i, "generic") for i in cleaned.instances)
-    drivers: list[tuple[tuple[str, float], ...]] = [() for _ in range(n)]
-    if predictor is not None and n:
-        served = _model_forecast(
-            cleaned,
-            names,
-            profiles=instance_profiles,
-            predictor=predictor,
-            min_steps=min_steps,
-            horizon=horizon,
-            batch_factory=batch_factory,
-        )
-        if served is not None:
-            rows, values, weights = served
-            for name, value in values.items():
-                good = np.isfinite(value).all(axis=(1, 2))
-                events["model_nan"] += int(np.count_nonzero(~good))
-                out[name][rows[good]] = value[good]
-                methods[name][rows[good]] = "tft"
-            for r, w in zip(rows, weights, strict=True):
-                drivers[r] = w
+    context = _Context(targets, instance_profiles, predictor, min_steps, horizon, batch_factory)
+    candidates, drivers, events = _candidates(cleaned, context, seasonal=guard is not None)
+    out: dict[str, NDArray[np.float64]] = {}
+    methods: dict[str, NDArray[np.str_]] = {}
+    scores: dict[str, NDArray[np.float64]] = {}
+    if guard is None:
+        for name in names:
+            tft = candidates[name].get("tft")
+            served = np.isfinite(tft).all(axis=(1, 2)) if tft is not None else np.zeros(n, bool)
+            out[name] = np.where(served[:, None, None], tft, candidates[name]["heuristic"])
+            methods[name] = np.where(served, "tft", "heuristic").astype("<U14")
+    else:
+        _guard_cycle(guard, cleaned, context, candidates, step)
+        for name in names:
+            result = guard.serve(name, cleaned.instances, candidates[name])
+            out[name], methods[name] = result.forecasts, result.methods.astype("<U14")
+            scores[name] = result.scores
+    column = {name: i for i, name in enumerate(cleaned.quantities)}
+    y = np.where(cleaned.observed, cleaned.values, np.nan)
     for quantity in targets:
         name = quantity.name
-        todo = np.flatnonzero(methods[name] != "tft")
-        if todo.size:
-            series = y[todo, :, column[name]]
-            out[name][todo] = heuristic_forecast(series, horizon, QUANTILES, domain=None)
-        out[name] = np.sort(clip_to_domain(out[name], _domain(quantity)), axis=-1)
+        bounded = clip_to_domain(out[name], _plausible(quantity, y[:, :, column[name]]))
+        out[name] = np.sort(clip_to_domain(bounded, _domain(quantity)), axis=-1)
     available = {q: cleaned.observed[:, :, column[q]].any(axis=1) for q in names}
     current = {q: _last_observed(y[:, :, column[q]]) for q in names}
     trend = {
@@ -125,7 +132,109 @@ def forecast(
         trend=trend,
         drivers=tuple(drivers),
         events=events,
+        scores=scores,
     )
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every candidate forecast of one cycle shares."""
+
+    targets: Sequence[Quantity]
+    profiles: tuple[str, ...]
+    predictor: Predictor | None
+    min_steps: int
+    horizon: int
+    batch_factory: object
+
+
+def _candidates(
+    cleaned: Cleaned, context: _Context, *, seasonal: bool
+) -> tuple[dict[str, dict[str, np.ndarray]], list[tuple[tuple[str, float], ...]], Counter[str]]:
+    """Per quantity, every candidate method's forecast (N, horizon, 3), NaN where it does not
+    serve; the TFT's drivers per row and the events (model_nan rows).
+
+    `seasonal` (the guard's set): seasonal naive on its own and the heuristic without its
+    seasonal method; otherwise the heuristic as the fallback it always was.
+    """
+    n, horizon = len(cleaned.instances), context.horizon
+    names = [q.name for q in context.targets]
+    column = {name: i for i, name in enumerate(cleaned.quantities)}
+    y = np.where(cleaned.observed, cleaned.values, np.nan)
+    events: Counter[str] = Counter()
+    drivers: list[tuple[tuple[str, float], ...]] = [() for _ in range(n)]
+    candidates: dict[str, dict[str, np.ndarray]] = {name: {} for name in names}
+    if context.predictor is not None and n:
+        served = _model_forecast(
+            cleaned,
+            names,
+            profiles=context.profiles,
+            predictor=context.predictor,
+            min_steps=context.min_steps,
+            horizon=horizon,
+            batch_factory=context.batch_factory,
+        )
+        if served is not None:
+            rows, values, weights = served
+            for name, value in values.items():
+                good = np.isfinite(value).all(axis=(1, 2))
+                events["model_nan"] += int(np.count_nonzero(~good))
+                tft = np.full((n, horizon, len(QUANTILES)), np.nan)
+                tft[rows[good]] = value[good]
+                candidates[name]["tft"] = tft
+            for r, w in zip(rows, weights, strict=True):
+                drivers[r] = w
+    for name in names:
+        series = y[:, :, column[name]]
+        if seasonal:
+            candidates[name]["seasonal_naive"] = seasonal_naive_forecast(
+                series, horizon, QUANTILES, season=SEASON_STEPS
+            )
+            candidates[name]["heuristic"] = heuristic_forecast(
+                series, horizon, QUANTILES, season=None
+            )
+        else:
+            todo = np.ones(n, dtype=bool)
+            if "tft" in candidates[name]:
+                todo = ~np.isfinite(candidates[name]["tft"]).all(axis=(1, 2))
+            heuristic = np.full((n, horizon, len(QUANTILES)), np.nan)
+            if todo.any():
+                heuristic[todo] = heuristic_forecast(series[todo], horizon, QUANTILES)
+            candidates[name]["heuristic"] = heuristic
+    return candidates, drivers, events
+
+
+def _guard_cycle(
+    guard: Guard,
+    cleaned: Cleaned,
+    context: _Context,
+    candidates: Mapping[str, Mapping[str, np.ndarray]],
+    step: int,
+) -> None:
+    """Backtest due past origins, score every record against this window, record this one."""
+    end = int(cleaned.end.value // 1_000_000_000)
+    usable = int(cleaned.lengths.max(initial=0))
+    for origin in guard.bootstrap_due(end, usable):
+        cut = (end - origin) // step
+        if cut <= 0 or cut >= cleaned.values.shape[1]:
+            continue
+        past = replace(
+            cleaned,
+            end=cleaned.end - pd.Timedelta(seconds=cut * step),
+            values=cleaned.values[:, :-cut],
+            observed=cleaned.observed[:, :-cut],
+            lengths=np.maximum(cleaned.lengths - cut, 0),
+        )
+        past_candidates, _, _ = _candidates(past, context, seasonal=True)
+        guard.record(origin, cleaned.instances, past_candidates, online=False)
+    column = {name: i for i, name in enumerate(cleaned.quantities)}
+    for quantity in context.targets:
+        values, observed = cleaned.values[:, :, column[quantity.name]], cleaned.observed
+        guard.observe(
+            quantity.name, cleaned.instances, end, values, observed[:, :, column[quantity.name]]
+        )
+    if guard.record_due(end):
+        guard.record(end, cleaned.instances, candidates)
 
 
 def _model_forecast(
@@ -204,6 +313,21 @@ def _drivers(importance: np.ndarray, variables: list[str]) -> list[tuple[tuple[s
         tuple((labels[j], round(float(summed[r, j]), 6)) for j in order[r])
         for r in range(summed.shape[0])
     ]
+
+
+def _plausible(quantity: Quantity, y: np.ndarray) -> np.ndarray:
+    """Per row, bounds a forecast may not leave: for a quantity without an upper domain bound,
+    `PLAUSIBLE_SPAN` times the observed range above the window's maximum (an idle disk's band
+    may not reach 1 GB/s); otherwise unbounded (ratios keep their whole domain for ramps)."""
+    bounds = np.full((y.shape[0], 2), np.nan)
+    if quantity.domain[1] is None and y.shape[1]:
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(y).any(axis=1)
+            high = np.nanmax(np.where(finite[:, None], y, 0.0), axis=1)
+            low = np.nanmin(np.where(finite[:, None], y, 0.0), axis=1)
+        span = np.maximum(high - low, np.abs(high) * 0.5)
+        bounds[:, 1] = np.where(finite, high + PLAUSIBLE_SPAN * span, np.nan)
+    return bounds
 
 
 def _domain(quantity: Quantity) -> tuple[float, float]:

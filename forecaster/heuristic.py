@@ -45,6 +45,8 @@ from typing import Literal
 import numpy as np
 
 METHODS = ("seasonal_naive", "linear_trend", "last_value", "none")
+SEASON_STEPS = 288
+"""One season (24 h) of 5-minute steps."""
 MIN_ERRORS = 24
 """Errors needed at a horizon before its empirical quantiles are trusted (2 h of origins)."""
 DAMPING = (0.0, 0.8, 0.9)
@@ -61,7 +63,7 @@ Domain = tuple[float, float] | np.ndarray | None
 Quantiles = Sequence[float] | np.ndarray
 
 
-def choose_methods(y: np.ndarray, season: int | None = 288) -> np.ndarray:
+def choose_methods(y: np.ndarray, season: int | None = SEASON_STEPS) -> np.ndarray:
     """Method name per series (see the module docstring), as an array of ``str``."""
     y = _as_history(y)
     mask = np.isfinite(y)
@@ -81,7 +83,7 @@ def heuristic_forecast(
     horizon: int = 96,
     quantiles: Quantiles = (0.1, 0.5, 0.9),
     *,
-    season: int | None = 288,
+    season: int | None = SEASON_STEPS,
     trend_window: int = 12,
     domain: Domain = None,
 ) -> np.ndarray:
@@ -100,6 +102,25 @@ def heuristic_forecast(
             point = _method_point(name, y[rows], horizon, season or 1, trend_window)
             out[rows] = forecast_with_residual_bands(y[rows], point, horizon, probs)
     return clip_to_domain(out, domain)
+
+
+def seasonal_naive_forecast(
+    y: np.ndarray,
+    horizon: int = 96,
+    quantiles: Quantiles = (0.1, 0.5, 0.9),
+    *,
+    season: int = SEASON_STEPS,
+) -> np.ndarray:
+    """Seasonal naive with bands from its own past errors, NaN for a series without a season
+    plus ``MIN_ERRORS`` seasonal pairs of history (the guard's seasonal candidate)."""
+    y = _as_history(y)
+    probs = _as_quantiles(quantiles)
+    out = np.full((y.shape[0], horizon, probs.size), np.nan)
+    rows = choose_methods(y, season) == "seasonal_naive"
+    if rows.any():
+        point = partial(seasonal_naive_point, season=season)
+        out[rows] = forecast_with_residual_bands(y[rows], point, horizon, probs)
+    return out
 
 
 def _method_point(

@@ -41,11 +41,14 @@ from forecaster.contract import Contract, Quantity
 from forecaster.engine import ForecastSet, forecast
 from forecaster.features import host_id, profile_of
 from forecaster.frames import SourceError, from_records
+from forecaster.guard import Guard, guard_params
 from forecaster.models import ModelHolder
 from forecaster.risk import breach_outlook, fleet_environment, risk_message, risk_scores
 from forecaster.window import HistoryWindow
 
 log = logging.getLogger(__name__)
+CONTEXT_STEPS = 288
+"""The model's context and the first fetch after a start or gap: 24 h of 5-minute steps."""
 Publish = Callable[[Snapshot, ServiceState], None]
 
 
@@ -87,7 +90,16 @@ class Service:
         self.publish = publish
         self.clock = clock
         step = self.contract.step_seconds
-        self.window = HistoryWindow(tuple(q.name for q in self.quantities), 288, step)
+        settings = config.guard
+        self.guard = Guard(guard_params(settings, step), step) if settings.enabled else None
+        held = max(CONTEXT_STEPS, int(settings.history // step)) if self.guard else CONTEXT_STEPS
+        self.window = HistoryWindow(
+            tuple(q.name for q in self.quantities),
+            held,
+            step,
+            first_steps=CONTEXT_STEPS,
+            chunk_steps=max(1, int(settings.backfill_chunk // step)),
+        )
         self.accuracy = OnlineAccuracy(step_seconds=step)
         self.snapshot: Snapshot = EMPTY_SNAPSHOT
         self.state = ServiceState(
@@ -147,8 +159,35 @@ class Service:
             partial = partial or result.partial
             parts[quantity.name] = frame
         self.window.merge(parts, plan)
+        self._backfill(end)
         self._forget_vanished(end)
         return partial
+
+    def _backfill(self, end: int) -> None:
+        """Fetch the next older chunk of history the window should hold (one per cycle).
+
+        A failure only postpones it: the cycle goes on with the history already held.
+        """
+        plan = self.window.backfill_plan(end)
+        if plan is None:
+            return
+        step = self.contract.step_seconds
+        parts: dict[str, pd.DataFrame] = {}
+        try:
+            for quantity in self.quantities:
+                result = self.source.query_range(
+                    quantity.expr,
+                    plan.start,
+                    plan.end,
+                    step,
+                    self._series_hint.get(quantity.name, 1),
+                    quantity=quantity.name,
+                )
+                parts[quantity.name] = self._own_shard(result.frame)
+        except SourceError as exc:
+            log.debug("backfill of %d steps postponed: %s", plan.steps, exc)
+            return
+        self.window.merge(parts, plan)
 
     def _own_shard(self, frame: pd.DataFrame) -> pd.DataFrame:
         count = self.config.shard.count
@@ -177,7 +216,10 @@ class Service:
             frame,
             self.quantities,
             pd.Timestamp(end, unit="s", tz="UTC"),
-            CleanConfig(context_steps=288, min_steps=self.config.cycle.warmup_steps),
+            CleanConfig(
+                context_steps=self.window.context_steps,
+                min_steps=self.config.cycle.warmup_steps,
+            ),
         )
         self._clean_events.update(cleaned.counts)
         self._update_profiles(frame)
@@ -189,6 +231,7 @@ class Service:
             model.predictor if model else None,
             min_steps=self.config.cycle.warmup_steps,
             step=step,
+            guard=self.guard,
         )
         self._clean_events.update(result.events)
         self._score(cleaned, result)

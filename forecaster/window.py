@@ -1,10 +1,13 @@
-"""The in-memory history window: the last 24 h of every quantity, extended step by step.
+"""The in-memory history window: the last `context_steps` of every quantity, step by step.
 
 Each cycle asks `plan(end)` which range to fetch: the steps that are new since the last cycle
 plus `overlap_steps` already held (the newest step of a `rate()` can still change while its
-samples arrive), or the whole context window after a restart or a gap longer than the window.
-`merge` folds the answers in (the newest non-null value of a step wins), `push` adds records
-that arrived through `POST /feed/data`, and both trim what fell out of the window.
+samples arrive), or the first `first_steps` (24 h) after a restart or a gap longer than that.
+When the window is to hold more than it fetched first (the guard's days of history),
+`backfill_plan(end)` names the next older chunk of at most `chunk_steps`, one per cycle, until
+the window reaches back `context_steps` (or the source had nothing older). `merge` folds the
+answers in (the newest non-null value of a step wins), `push` adds records that arrived
+through `POST /feed/data`, and both trim what fell out of the window.
 """
 
 from __future__ import annotations
@@ -42,14 +45,20 @@ class HistoryWindow:
         context_steps: int = 288,
         step: int = STEP_SECONDS,
         overlap_steps: int = 2,
+        *,
+        first_steps: int | None = None,
+        chunk_steps: int = 144,
     ) -> None:
         self.quantities = quantities
         self.context_steps = context_steps
+        self.first_steps = min(first_steps or context_steps, context_steps)
+        self.chunk_steps = max(1, chunk_steps)
         self.step = step
         self.overlap_steps = overlap_steps
         self._lock = threading.Lock()
         self._frame = _empty(quantities)
         self._end: int | None = None
+        self._start: int | None = None  # oldest grid step fetched (or tried) so far
 
     @property
     def end(self) -> int | None:
@@ -58,12 +67,22 @@ class HistoryWindow:
 
     def plan(self, end: int) -> FetchPlan:
         """What to fetch so that the window ends at grid step `end`."""
-        span = self.context_steps * self.step
-        first = end - (self.context_steps - 1) * self.step
+        span = self.first_steps * self.step
+        first = end - (self.first_steps - 1) * self.step
         if self._end is None or end - self._end >= span or end < self._end:
             return FetchPlan(first, end, True)
         start = max(first, self._end - self.overlap_steps * self.step)
         return FetchPlan(start, end, False)
+
+    def backfill_plan(self, end: int) -> FetchPlan | None:
+        """The next older chunk to fetch for a window ending at `end`, None when held."""
+        if self._start is None:
+            return None
+        oldest = end - (self.context_steps - 1) * self.step
+        if self._start <= oldest:
+            return None
+        start = max(oldest, self._start - self.chunk_steps * self.step)
+        return FetchPlan(start, self._start - self.step, False)
 
     def merge(self, parts: Mapping[str, pd.DataFrame], plan: FetchPlan) -> None:
         """Fold LONG answers (quantity -> frame) covering `plan` into the window."""
@@ -71,6 +90,11 @@ class HistoryWindow:
         with self._lock:
             if plan.full:
                 self._frame = self._fit(new, plan.end)
+                self._start = plan.start
+            elif self._end is not None and plan.end < self._end:  # a backfilled chunk
+                self._frame = self._fit(_concat(new, self._frame), self._end)
+                self._start = min(plan.start, self._start or plan.start)
+                return
             else:
                 self._frame = self._fit(_concat(self._frame, new), plan.end)
             self._end = plan.end

@@ -85,6 +85,20 @@ def test_custom_quantity_with_its_own_promql_is_a_target(tmp_path: Path):
     assert targets[1].domain == (0, None)
 
 
+def test_custom_target_is_listed_once_without_a_quantities_list(tmp_path: Path):
+    path = tmp_path / "f.yml"
+    path.write_text(
+        "custom_quantities:\n"
+        "  nginx_active:\n"
+        "    expr: sum by (instance) (nginx_connections_active)\n"
+        "    unit: tasks\n"
+    )
+    config = load_config(["--config.file", str(path)], {})
+    names = [q.name for q in config.targets(config.contract())]
+    assert names.count("nginx_active") == 1
+    assert len(names) == len(set(names))
+
+
 def test_unknown_quantity_names_the_known_ones():
     config = load_config([], {}).model_copy(update={"quantities": ("cpu", "x")})
     with pytest.raises(ConfigError, match="known: cpu_utilisation"):

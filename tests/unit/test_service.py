@@ -14,7 +14,7 @@ from forecaster.models import LoadedModel, ModelHolder
 from forecaster.persist import load_snapshot, save_snapshot
 from forecaster.service import Service, shard_of
 from forecaster.window import HistoryWindow
-from tests.service_fakes import FakeSource
+from tests.service_fakes import T0, FakeSource
 
 FLEET = ["ppdb001", "ppdb002", "ppweb001", "ppml001", "ppgen001", "node-a:9100"]
 TARGETS = (
@@ -24,6 +24,9 @@ TARGETS = (
     "disk_io",
     "request_latency_p95",
 )
+
+
+NO_GUARD = ("--guard.enabled", "false")
 
 
 def make_service(source, argv=(), holder=None):
@@ -43,7 +46,7 @@ def advance(source: FakeSource, seconds: float) -> None:
     source.now_value += seconds
 
 
-def test_first_cycle_serves_heuristic_forecasts_for_every_instance_and_target():
+def test_first_cycle_serves_baseline_forecasts_for_every_instance_and_target():
     source = FakeSource(FLEET)
     service, published = make_service(source)
     assert service.run_cycle()
@@ -53,7 +56,7 @@ def test_first_cycle_serves_heuristic_forecasts_for_every_instance_and_target():
     for item in snapshot.instances.values():
         assert set(item.forecasts) == set(TARGETS)
         for forecast in item.forecasts.values():
-            assert forecast.method == "heuristic"
+            assert forecast.method in ("seasonal_naive", "heuristic")  # no model loaded
             assert forecast.quantiles.shape == (96, 3)
             assert np.isfinite(forecast.quantiles).all()
             assert (np.diff(forecast.quantiles, axis=1) >= 0).all()
@@ -63,7 +66,7 @@ def test_first_cycle_serves_heuristic_forecasts_for_every_instance_and_target():
 
 def test_second_cycle_fetches_only_the_new_steps():
     source = FakeSource(FLEET)
-    service, _ = make_service(source)
+    service, _ = make_service(source, NO_GUARD)
     service.run_cycle()
     full = {(s, e) for _, s, e in source.requests}
     assert all((e - s) / 300 + 1 == 288 for s, e in full)
@@ -76,12 +79,29 @@ def test_second_cycle_fetches_only_the_new_steps():
 
 def test_gap_longer_than_the_window_refetches_everything():
     source = FakeSource(FLEET)
-    service, _ = make_service(source)
+    service, _ = make_service(source, NO_GUARD)
     service.run_cycle()
     source.requests.clear()
     advance(source, 25 * 3600)
     service.run_cycle()
     assert {(e - s) / 300 + 1 for _, s, e in source.requests} == {288.0}
+
+
+def test_older_history_is_backfilled_in_chunks_until_the_guard_window_is_held():
+    source = FakeSource(FLEET, first=float(T0 - 3 * 86_400))
+    service, _ = make_service(source, ["--guard.backfill-chunk", "12h"])
+    service.run_cycle()
+    first = sorted({(s, e) for _, s, e in source.requests})
+    assert [(e - s) / 300 + 1 for s, e in first] == [144.0, 288.0]  # 24 h, then 12 h older
+    held = []
+    for _ in range(4):
+        source.requests.clear()
+        advance(source, 300)
+        service.run_cycle()
+        held.append(service.window.frame()["timestamp"].nunique())
+    assert held[-1] == 864  # 3 days, the guard's history
+    assert {(e - s) / 300 + 1 for _, s, e in source.requests} == {4.0}  # only new steps now
+    assert held == sorted(held)
 
 
 def test_source_down_keeps_the_last_snapshot_and_marks_the_source_down():
@@ -293,7 +313,8 @@ def test_shipped_model_serves_every_warm_instance_with_drivers():
     source = FakeSource(FLEET)
     source.instances = [*FLEET, "zzq001"]
     source.missing = {}
-    service, published = make_service(source, ["--model.dir", str(root)], holder=holder)
+    argv = ["--model.dir", str(root), *NO_GUARD]  # the model path itself, the guard aside
+    service, published = make_service(source, argv, holder=holder)
     service.run_cycle()
     snapshot, state = published[-1]
     assert state.model_loaded and state.model_version == holder.current.version
