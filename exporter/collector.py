@@ -167,16 +167,25 @@ def risk_families(fresh: list[InstanceSnapshot]) -> Iterator[Metric]:
         f"Weight of the model's most important input variables (at most {MAX_DRIVERS}).",
         ["instance", "variable"],
     )
+    methods = _gauge(
+        "forecaster_method_score",
+        "The guard's normalised quantile loss of each forecast method on the series' own "
+        "recent history (lower is better); the served forecast weights them by it.",
+        ["instance", "quantity", "method"],
+    )
     for instance in fresh:
         name = safe_label(instance.instance)
         _add(score, [name], instance.risk.score)
+        for quantity, forecast in instance.forecasts.items():
+            for method, value in forecast.scores.items():
+                _add(methods, [name, quantity, method], value)
         for quantity, outlook in instance.breaches.items():
             for window, probability in outlook.probability.items():
                 _add(breach, [name, quantity, window], probability)
             _add(ttb, [name, quantity], outlook.time_to_breach)
         for variable, weight in instance.drivers[:MAX_DRIVERS]:
             _add(drivers, [name, safe_label(variable)], weight)
-    yield from (score, breach, ttb, drivers)
+    yield from (score, breach, ttb, drivers, methods)
 
 
 def fleet_families(snapshot: Snapshot) -> Iterator[Metric]:

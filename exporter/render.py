@@ -276,9 +276,19 @@ def _risk(
         f"Weight of the model's most important input variables (at most {MAX_DRIVERS}).",
         ["instance", "variable"],
     )
+    methods = _Family(
+        "forecaster_method_score",
+        "The guard's normalised quantile loss of each forecast method on the series' own "
+        "recent history (lower is better); the served forecast weights them by it.",
+        ["instance", "quantity", "method"],
+    )
     for instance in fresh:
         name = names[id(instance)]
         score.add((name,), instance.risk.score)
+        for quantity, forecast in instance.forecasts.items():
+            q = esc(quantity)
+            for method, value in forecast.scores.items():
+                methods.add((name, q, esc(method)), value)
         for quantity, outlook in instance.breaches.items():
             q = esc(quantity)
             for window, probability in outlook.probability.items():
@@ -286,7 +296,7 @@ def _risk(
             ttb.add((name, q), outlook.time_to_breach)
         for variable, weight in instance.drivers[:MAX_DRIVERS]:
             drivers.add((name, esc(safe_label(variable))), weight)
-    for family in (score, breach, ttb, drivers):
+    for family in (score, breach, ttb, drivers, methods):
         family.write(out)
 
 

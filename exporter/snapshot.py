@@ -27,7 +27,7 @@ QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_LABELS = ("0.1", "0.5", "0.9")
 # Breach-probability windows: label -> steps covered from the origin.
 WINDOWS: Mapping[str, int] = MappingProxyType({"30m": 6, "8h": 96})
-METHODS = ("tft", "heuristic")
+METHODS = ("tft", "seasonal_mean", "seasonal_naive", "heuristic")
 PRIORITIES = ("P1", "P2", "P3")
 FLEET_HEALTH = ("healthy", "warning", "critical")
 THRESHOLD_LEVELS = ("warning", "critical")
@@ -56,7 +56,9 @@ class QuantityForecast:
 
     `quantiles` is (horizon, 3): p10, p50, p90 per step, never crossing. `current` is the last
     observed value; `trend` the least-squares slope of the last hour of observations, in units
-    per hour (positive: rising). `method` is "tft" or "heuristic".
+    per hour (positive: rising). `method` is the method with the most weight in the served
+    forecast (one of `METHODS`); `scores` the guard's NQL of each candidate method on this
+    series' recent history (`forecaster.guard`), empty without the guard or before any score.
     """
 
     quantity: str
@@ -65,6 +67,7 @@ class QuantityForecast:
     quantiles: NDArray[np.float64]
     current: float
     trend: float
+    scores: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def at(self, horizon: str) -> NDArray[np.float64]:
         """(p10, p50, p90) at an exported horizon label such as "30m"."""
@@ -123,9 +126,13 @@ class InstanceSnapshot:
 
     @property
     def method(self) -> str:
-        """ "tft" when every quantity came from the model, else "heuristic"."""
-        methods = {f.method for f in self.forecasts.values()}
-        return "tft" if methods == {"tft"} else "heuristic"
+        """ "tft" when every quantity came from the model, else the method serving most of its
+        quantities (ties: the earlier in `METHODS`); "heuristic" for an empty forecast."""
+        methods = [f.method for f in self.forecasts.values()]
+        if methods and all(m == "tft" for m in methods):
+            return "tft"
+        others = [m for m in methods if m != "tft"] or ["heuristic"]
+        return max(METHODS, key=lambda m: (others.count(m), -METHODS.index(m)))
 
     @property
     def warmup_progress(self) -> float:

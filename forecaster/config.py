@@ -136,15 +136,15 @@ class CycleSettings(_Section):
 
 
 class GuardSettings(_Section):
-    """Per-series choice among the TFT, seasonal naive and the heuristic (`forecaster.guard`)."""
+    """Per-series weighting of the TFT and the baselines by their scores (`forecaster.guard`)."""
 
     enabled: bool = True  # False: the TFT wherever it serves, the heuristic elsewhere
     history: Duration = 3 * 86_400.0  # history held per series: >= 2 seasons for the backtest
     backfill_chunk: Duration = 12 * 3_600.0  # older history fetched per cycle until it is held
     spacing: Duration = 3_600.0  # between recorded (and backtested) forecast origins
-    memory: int = Field(48, ge=4, le=1_000)  # scored samples kept per series and horizon band
+    memory: int = Field(96, ge=4, le=1_000)  # scored samples kept per series and horizon band
     min_samples: int = Field(12, ge=1)  # samples before a method is chosen or a band moved
-    margin: float = Field(0.1, ge=0.0, lt=1.0)  # a challenger must beat the incumbent by this
+    power: float = Field(2.0, ge=0.0, le=64.0)  # weight = loss ** -power; large: pick the best
     bootstrap_origins: int = Field(24, ge=0, le=1_000)  # past origins backtested at start
     bootstrap_per_cycle: int = Field(4, ge=1)  # of them per cycle (bounds a cycle's cost)
 

@@ -30,6 +30,7 @@ from forecaster.heuristic import (
     SEASON_STEPS,
     clip_to_domain,
     heuristic_forecast,
+    seasonal_mean_forecast,
     seasonal_naive_forecast,
 )
 from forecaster.risk import trend_per_hour
@@ -188,6 +189,9 @@ def _candidates(
         series = y[:, :, column[name]]
         if seasonal:
             candidates[name]["seasonal_naive"] = seasonal_naive_forecast(
+                series, horizon, QUANTILES, season=SEASON_STEPS
+            )
+            candidates[name]["seasonal_mean"] = seasonal_mean_forecast(
                 series, horizon, QUANTILES, season=SEASON_STEPS
             )
             candidates[name]["heuristic"] = heuristic_forecast(

@@ -47,11 +47,12 @@ import numpy as np
 
 from exporter.snapshot import HORIZONS, QUANTILES
 
-METHODS = ("tft", "seasonal_naive", "heuristic")
+METHODS = ("tft", "seasonal_mean", "seasonal_naive", "heuristic")
 SCORE_STEPS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96])
 _LABELS = tuple(sorted(HORIZONS, key=HORIZONS.__getitem__))
 _BAND_STEPS = np.array([HORIZONS[label] for label in _LABELS])
 _PROBS = np.asarray(QUANTILES, dtype=np.float64)
+_SERVED = len(METHODS)  # the score slot of the served combination, before its calibration
 
 
 def band_of(steps: np.ndarray) -> np.ndarray:
@@ -64,9 +65,9 @@ class GuardParams:
     """The guard's knobs (see the module docstring); `forecaster.config.GuardSettings` maps here."""
 
     spacing_steps: int = 12
-    memory: int = 48
+    memory: int = 96
     min_samples: int = 12
-    margin: float = 0.1
+    power: float = 2.0
     bootstrap_origins: int = 24
     bootstrap_per_cycle: int = 4
 
@@ -77,7 +78,7 @@ def guard_params(settings: object, step_seconds: int) -> GuardParams:
         spacing_steps=max(1, int(settings.spacing // step_seconds)),  # type: ignore[attr-defined]
         memory=settings.memory,  # type: ignore[attr-defined]
         min_samples=settings.min_samples,  # type: ignore[attr-defined]
-        margin=settings.margin,  # type: ignore[attr-defined]
+        power=settings.power,  # type: ignore[attr-defined]
         bootstrap_origins=settings.bootstrap_origins,  # type: ignore[attr-defined]
         bootstrap_per_cycle=settings.bootstrap_per_cycle,  # type: ignore[attr-defined]
     )
@@ -104,16 +105,16 @@ class _State:
     high: np.ndarray = field(default=None)  # actual - p90
     scale: np.ndarray = field(default=None)  # (S, B, R) |actual|
     pos: np.ndarray = field(default=None)  # (S, B) next slot
-    chosen: np.ndarray = field(default=None)  # (S,) method index, -1 none yet
+    chosen: np.ndarray = field(default=None)  # (S, B) method index, -1 none yet
 
     def __post_init__(self) -> None:
-        bands, methods = len(_LABELS), len(METHODS)
+        bands, methods = len(_LABELS), len(METHODS) + 1
         self.loss = np.full((0, bands, self.memory, methods), np.nan, dtype=np.float32)
         self.low = self.loss.copy()
         self.high = self.loss.copy()
         self.scale = np.full((0, bands, self.memory), np.nan, dtype=np.float32)
         self.pos = np.zeros((0, bands), dtype=np.int64)
-        self.chosen = np.zeros(0, dtype=np.int8)
+        self.chosen = np.zeros((0, bands), dtype=np.int8)
 
     def rows(self, instances: Sequence[str]) -> np.ndarray:
         """State rows of `instances`, adding rows for new ones."""
@@ -152,6 +153,7 @@ class Guard:
         self._last_recorded: int | None = None
         self._bootstrap: list[int] = []
         self._bootstrapped = False
+        self._last_weights = np.zeros((0, len(_LABELS), len(METHODS)))
         self.switches = 0
 
     # --- what the cycle asks ------------------------------------------------------------
@@ -188,12 +190,13 @@ class Guard:
         for quantity, by_method in candidates.items():
             state = self._state(quantity)
             rows = state.rows(instances)
-            horizon = next(iter(by_method.values())).shape[1]
+            full, available = _stack(by_method)
+            combined = _combine(full, self._weights(state, rows, available, update=False))
+            horizon = full.shape[2]
             steps = SCORE_STEPS[horizon >= SCORE_STEPS]
-            stacked = np.full((len(rows), len(METHODS), len(SCORE_STEPS), 3), np.nan, np.float32)
-            for m, method in enumerate(METHODS):
-                if method in by_method:
-                    stacked[:, m, : len(steps)] = by_method[method][:, steps - 1, :]
+            stacked = np.full((len(rows), _SERVED + 1, len(SCORE_STEPS), 3), np.nan, np.float32)
+            stacked[:, :_SERVED, : len(steps)] = full[:, :, steps - 1, :]
+            stacked[:, _SERVED, : len(steps)] = combined[:, steps - 1, :]
             scored = np.zeros((len(rows), len(SCORE_STEPS)), dtype=bool)
             scored[:, len(steps) :] = True
             self._records.setdefault(quantity, {})[origin] = _Record(origin, rows, stacked, scored)
@@ -244,28 +247,22 @@ class Guard:
         instances: Sequence[str],
         candidates: Mapping[str, np.ndarray],
     ) -> Served:
-        """The forecast to serve per row, chosen and calibrated (see the module docstring)."""
+        """The forecast to serve per row, weighted and calibrated (see the module docstring)."""
         state = self._state(quantity)
         rows = state.rows(instances)
-        n = len(rows)
-        horizon = next(iter(candidates.values())).shape[1]
-        stacked = np.full((n, len(METHODS), horizon, 3), np.nan)
-        for m, method in enumerate(METHODS):
-            if method in candidates:
-                stacked[:, m] = candidates[method]
-        available = np.isfinite(stacked).all(axis=(2, 3))
-        loss = state.loss[rows]  # (n, B, R, M)
+        stacked, available = _stack(candidates)
+        combined = _combine(stacked, self._weights(state, rows, available, update=True))
+        served = self._calibrate(state, rows, combined)
+        weights = _band_weights(self._last_weights, np.arange(1, stacked.shape[2] + 1))
+        primary = np.argmax(weights.sum(axis=1), axis=1)
+        loss = state.loss[rows][..., :_SERVED]
         finite = np.isfinite(loss)
         samples = finite.sum(axis=(1, 2))
-        eligible = available & (samples >= self.params.min_samples)
-        choice = self._choose(state, rows, (loss, finite), eligible, available)
-        served = stacked[np.arange(n), choice]
-        served = self._calibrate(state, rows, choice, served)
-        scale = np.nansum(np.where(finite, state.scale[rows][..., None], np.nan), axis=(1, 2))
+        scale = np.where(finite, state.scale[rows][..., None], 0.0).sum(axis=(1, 2))
         total = np.where(finite, loss, 0.0).sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
-            scores = np.where(samples > 0, 2.0 * total / scale, np.nan)
-        return Served(served, np.asarray(METHODS)[choice], scores, samples)
+            scores = np.where((samples > 0) & (scale > 0), 2.0 * total / scale, np.nan)
+        return Served(served, np.asarray(METHODS)[primary], scores, samples)
 
     # --- internals ------------------------------------------------------------------------
 
@@ -288,70 +285,91 @@ class Guard:
         state.high[rows, band, slot] = error[..., -1]
         state.scale[rows, band, slot] = np.abs(y)
 
-    def _choose(
-        self,
-        state: _State,
-        rows: np.ndarray,
-        scored: tuple[np.ndarray, np.ndarray],
-        eligible: np.ndarray,
-        available: np.ndarray,
+    def _weights(
+        self, state: _State, rows: np.ndarray, available: np.ndarray, *, update: bool
     ) -> np.ndarray:
-        """Method index per row: best on common slots with hysteresis, else the preference."""
-        loss, finite = scored
-        n = len(rows)
-        preference = np.argmax(available, axis=1)  # first available in METHODS order
-        common = (finite | ~eligible[:, None, None, :]).all(axis=-1)  # slots all eligible scored
-        enough = common.sum(axis=(1, 2)) >= self.params.min_samples
-        totals = np.where(common[..., None], np.where(finite, loss, 0.0), 0.0).sum(axis=(1, 2))
-        totals = np.where(eligible, totals, np.inf)
-        best = np.argmin(totals, axis=1)
-        decided = enough & (eligible.sum(axis=1) >= 2)
-        incumbent = state.chosen[rows].astype(np.int64)
-        held = (incumbent >= 0) & available[np.arange(n), np.maximum(incumbent, 0)]
-        keep_score = totals[np.arange(n), np.maximum(incumbent, 0)]
-        beats = totals[np.arange(n), best] < keep_score * (1.0 - self.params.margin)
-        choice = np.where(decided, np.where(held & ~beats, incumbent, best), preference)
-        keep = ~decided & held & eligible[np.arange(n), np.maximum(incumbent, 0)]
-        choice = np.where(keep, incumbent, choice)
-        changed = (incumbent >= 0) & (choice != incumbent)
-        self.switches += int(np.count_nonzero(changed))
-        state.chosen[rows] = choice
-        return choice
+        """Weights (n, B, M) per row and band: loss ** -`power`, normalised, over the slots
+        every eligible method scored; one-hot on the first available method without them."""
+        loss = state.loss[rows][..., :_SERVED]  # (n, B, R, M)
+        finite = np.isfinite(loss)
+        samples = finite.sum(axis=2)  # (n, B, M)
+        eligible = available[:, None, :] & (samples >= self.params.min_samples)
+        common = (finite | ~eligible[:, :, None, :]).all(axis=-1)  # (n, B, R)
+        enough = common.sum(axis=2) >= self.params.min_samples
+        totals = np.where(common[..., None] & finite, loss, 0.0).sum(axis=2)  # (n, B, M)
+        decided = enough & (eligible.sum(axis=2) >= 2)
+        worst = np.where(eligible, totals, 0.0).max(axis=2, keepdims=True)
+        relative = np.maximum(totals / np.where(worst > 0, worst, 1.0), 1e-6)
+        raw = np.where(eligible & decided[..., None], relative**-self.params.power, 0.0)
+        norm = raw.sum(axis=2, keepdims=True)
+        fallback = np.eye(len(METHODS))[np.argmax(available, axis=1)][:, None, :]
+        weights = np.where(norm > 0, raw / np.where(norm > 0, norm, 1.0), fallback)
+        if update:
+            primary = np.argmax(weights, axis=2)
+            incumbent = state.chosen[rows]
+            self.switches += int(np.count_nonzero((incumbent >= 0) & (primary != incumbent)))
+            state.chosen[rows] = primary
+            self._last_weights = weights
+        return weights
 
-    def _calibrate(
-        self, state: _State, rows: np.ndarray, choice: np.ndarray, served: np.ndarray
-    ) -> np.ndarray:
-        """Move p10 and p90 by the served method's recent residual quantiles, per band."""
-        n, horizon = served.shape[:2]
-        take = np.arange(n)
-        low = state.low[rows][take, :, :, choice].astype(np.float64)  # (n, B, R)
-        high = state.high[rows][take, :, :, choice].astype(np.float64)
+    def _calibrate(self, state: _State, rows: np.ndarray, combined: np.ndarray) -> np.ndarray:
+        """The combination's p10 and p90 moved by its own recent residual quantiles, per band.
+
+        Split-conformal with the finite-sample rank: of n residuals the lower shift is the
+        floor(0.1 (n + 1))-th smallest (at least the first) and the upper the ceil(0.9 (n + 1))-th
+        (at most the last). Fewer than `min_samples` residuals: no shift.
+        """
+        low = state.low[rows][..., _SERVED].astype(np.float64)  # (n, B, R)
+        high = state.high[rows][..., _SERVED].astype(np.float64)
         count = np.isfinite(low).sum(axis=-1)
-        with np.errstate(all="ignore"):
-            shift_low = _nan_quantile(low, 0.1)
-            shift_high = _nan_quantile(high, 0.9)
+        shift_low = _rank(low, count, np.floor(0.1 * (count + 1)).astype(np.int64))
+        shift_high = _rank(high, count, np.ceil(0.9 * (count + 1)).astype(np.int64))
         ok = count >= self.params.min_samples
-        shift_low = np.where(ok, shift_low, 0.0)
-        shift_high = np.where(ok, shift_high, 0.0)
-        steps = np.arange(1, horizon + 1)
-        shift_low = _interpolate(shift_low, steps)
-        shift_high = _interpolate(shift_high, steps)
-        out = served.copy()
-        out[..., 0] = np.minimum(served[..., 0] + shift_low, served[..., 1])
-        out[..., 2] = np.maximum(served[..., 2] + shift_high, served[..., 1])
+        steps = np.arange(1, combined.shape[1] + 1)
+        shift_low = _interpolate(np.where(ok, shift_low, 0.0), steps)
+        shift_high = _interpolate(np.where(ok, shift_high, 0.0), steps)
+        out = combined.copy()
+        out[..., 0] = np.minimum(combined[..., 0] + shift_low, combined[..., 1])
+        out[..., 2] = np.maximum(combined[..., 2] + shift_high, combined[..., 1])
         return out
 
 
-def _nan_quantile(values: np.ndarray, q: float) -> np.ndarray:
-    """Quantile along the last axis ignoring NaN; NaN where a row has none."""
-    ordered = np.sort(values, axis=-1)
-    count = np.isfinite(ordered).sum(axis=-1)
-    last = np.maximum(count - 1, 0)
-    position = q * last
-    below = np.floor(position).astype(np.intp)
-    low = np.take_along_axis(ordered, below[..., None], axis=-1)[..., 0]
-    high = np.take_along_axis(ordered, np.minimum(below + 1, last)[..., None], axis=-1)[..., 0]
-    return np.where(count > 0, low + (high - low) * (position - below), np.nan)
+def _stack(candidates: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates as (n, M, horizon, 3) in `METHODS` order (NaN where absent), and which rows
+    each method serves (n, M)."""
+    first = next(iter(candidates.values()))
+    stacked = np.full((first.shape[0], len(METHODS), *first.shape[1:]), np.nan)
+    for m, method in enumerate(METHODS):
+        if method in candidates:
+            stacked[:, m] = candidates[method]
+    return stacked, np.isfinite(stacked).all(axis=(2, 3))
+
+
+def _combine(stacked: np.ndarray, per_band: np.ndarray) -> np.ndarray:
+    """Weighted quantile average (n, horizon, 3) of the candidates; NaN where none serves."""
+    weights = _band_weights(per_band, np.arange(1, stacked.shape[2] + 1))  # (n, H, M)
+    safe = np.where(np.isfinite(stacked), stacked, 0.0)
+    combined = np.sort(np.einsum("nhm,nmhq->nhq", weights, safe), axis=-1)
+    served_any = np.isfinite(stacked).all(axis=(2, 3)).any(axis=1)
+    combined[~served_any] = np.nan
+    return combined
+
+
+def _rank(values: np.ndarray, count: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """The `rank`-th smallest finite value along the last axis (1-based, clipped to 1..count);
+    NaN where there is none."""
+    ordered = np.sort(values, axis=-1)  # NaN last
+    index = np.clip(rank, 1, np.maximum(count, 1)) - 1
+    picked = np.take_along_axis(ordered, index[..., None], axis=-1)[..., 0]
+    return np.where(count > 0, picked, np.nan)
+
+
+def _band_weights(per_band: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """(n, B, M) weights at the band horizons to per-step weights (n, len(steps), M), linear
+    in sqrt(h) in between, so the served path has no jump where bands meet."""
+    n, bands, methods = per_band.shape
+    flat = np.moveaxis(per_band, -1, 1).reshape(n * methods, bands)
+    return np.moveaxis(_interpolate(flat, steps).reshape(n, methods, steps.size), 1, -1)
 
 
 def _interpolate(per_band: np.ndarray, steps: np.ndarray) -> np.ndarray:

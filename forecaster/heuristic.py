@@ -123,6 +123,44 @@ def seasonal_naive_forecast(
     return out
 
 
+def seasonal_mean_forecast(
+    y: np.ndarray,
+    horizon: int = 96,
+    quantiles: Quantiles = (0.1, 0.5, 0.9),
+    *,
+    season: int = SEASON_STEPS,
+    seasons: int = 3,
+) -> np.ndarray:
+    """The mean of the same time of day over the last `seasons` seasons, banded by its own
+    past errors; NaN for a series without two seasons plus ``MIN_ERRORS`` pairs of history."""
+    y = _as_history(y)
+    probs = _as_quantiles(quantiles)
+    out = np.full((y.shape[0], horizon, probs.size), np.nan)
+    rows = choose_methods(y, 2 * season) == "seasonal_naive"
+    if rows.any():
+        point = partial(seasonal_mean_point, season=season, seasons=seasons)
+        out[rows] = forecast_with_residual_bands(y[rows], point, horizon, probs)
+    return out
+
+
+def seasonal_mean_point(
+    y: np.ndarray, origins: np.ndarray, steps: np.ndarray, season: int = 288, seasons: int = 3
+) -> np.ndarray:
+    """Mean over k = 1..`seasons` of the value k seasons before the target, of those that
+    lie inside the history (gaps forward-filled); NaN where fewer than two do."""
+    total = np.zeros((y.shape[0], steps.size, origins.size))
+    count = np.zeros_like(total)
+    filled = np.concatenate([np.full((y.shape[0], 1), np.nan), forward_fill(y)], axis=1)
+    base = (season * ((steps - 1) // season + 1))[:, None]
+    for k in range(seasons):
+        source = (steps[:, None] - base - k * season) + origins[None, :]
+        value = filled[:, np.where(source >= 0, source + 1, 0)]
+        good = np.isfinite(value)
+        total += np.where(good, value, 0.0)
+        count += good
+    return np.where(count >= 2, total / np.maximum(count, 1), np.nan)
+
+
 def _method_point(
     name: str, y: np.ndarray, horizon: int, season: int, trend_window: int
 ) -> PointForecaster:

@@ -50,6 +50,7 @@ def save_snapshot(snapshot: Snapshot, directory: Path) -> Path:
                 "method": f.method,
                 "current": f.current,
                 "trend": f.trend,
+                "scores": dict(f.scores),
             }
         instances.append(
             {
@@ -118,6 +119,7 @@ def _snapshot(meta: dict[str, Any], data: Any) -> Snapshot:
                 quantiles=frozen_array(data[f["array"]]),
                 current=float(f["current"]),
                 trend=float(f["trend"]),
+                scores=MappingProxyType({str(k): float(v) for k, v in f.get("scores", {}).items()}),
             )
             for name, f in item["forecasts"].items()
         }

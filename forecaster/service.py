@@ -41,6 +41,7 @@ from forecaster.contract import Contract, Quantity
 from forecaster.engine import ForecastSet, forecast
 from forecaster.features import host_id, profile_of
 from forecaster.frames import SourceError, from_records
+from forecaster.guard import METHODS as GUARD_METHODS
 from forecaster.guard import Guard, guard_params
 from forecaster.models import ModelHolder
 from forecaster.risk import breach_outlook, fleet_environment, risk_message, risk_scores
@@ -61,6 +62,20 @@ class _Derived(NamedTuple):
     outlook: dict[str, tuple[dict[str, np.ndarray], np.ndarray]]
     now: float
     last_seen: Mapping[str, float]
+
+
+def _scores(result: ForecastSet, quantity: str, row: int) -> Mapping[str, float]:
+    """The guard's score of each method on this series (finite ones only)."""
+    if quantity not in result.scores:
+        return MappingProxyType({})
+    values = result.scores[quantity][row]
+    return MappingProxyType(
+        {
+            m: round(float(v), 6)
+            for m, v in zip(GUARD_METHODS, values, strict=True)
+            if np.isfinite(v)
+        }
+    )
 
 
 def shard_of(instance: str, count: int) -> int:
@@ -316,6 +331,7 @@ class Service:
                 quantiles=frozen_array(forecasts[name][r]),
                 current=float(result.current[name][r]),
                 trend=float(result.trend[name][r]),
+                scores=_scores(result, name, r),
             )
             if name in outlook:
                 probabilities, time_to_breach = outlook[name]

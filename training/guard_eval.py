@@ -1,0 +1,378 @@
+"""Replay of the service's forecast path with and without the guard, scored per series.
+
+`python -m training.guard_eval --data DIR [--data DIR ...] --report docs/GUARD.md` replays, for
+every history (the simulator's `server_metrics.parquet` layout, or a converted real dataset),
+the forecaster's own path at hourly origins after a warm-up of `--warmup` (default 3 days, the
+history the guard holds): `forecaster.clean.clean` on the window the service holds, then
+`forecaster.engine.forecast` with the service's `Guard` (`served`), and on the same origins
+the TFT alone, the service without the guard (`unguarded`: the TFT where it serves, the
+heuristic elsewhere), seasonal naive 24 h with bands from its own past errors
+(`seasonal_naive`) and the heuristic's damped trend (`heuristic`, the guard's third
+candidate and the service's fallback on a 24 h window). Every contract quantity is a column of the
+window, so a history without some of them feeds the model what the service would (absent
+inputs as zeros).
+
+Scores, per (series = instance x target quantity) and method: NQL (the TFT paper's q-risk,
+`training.metrics.nql`) over all origins at 30 min, 2 h and 8 h and over the whole horizon;
+p10-p90 coverage at the same horizons. The report gives per dataset and quantity the ratio to
+seasonal naive (geometric mean over series), the share of series at most 1.0x seasonal naive
+at every horizon, aggregate NQL ratios, coverage, and how often the guard chose each method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from exporter.snapshot import QUANTILES
+from forecaster.clean import CleanConfig, clean
+from forecaster.config import load_config
+from forecaster.engine import forecast
+from forecaster.features import profile_of
+from forecaster.frames import read_history
+from forecaster.guard import Guard, guard_params
+from forecaster.heuristic import (
+    heuristic_forecast,
+    seasonal_mean_forecast,
+    seasonal_naive_forecast,
+)
+from forecaster.models import ModelHolder
+from training.metrics import coverage, nql
+
+log = logging.getLogger(__name__)
+HORIZON = 96
+REPORTED = {"30m": 6, "2h": 24, "8h": 96}
+METHODS = ("served", "tft", "unguarded", "seasonal_mean", "seasonal_naive", "heuristic")
+
+
+@dataclass
+class SeriesScores:
+    """Forecasts and actual values of one series over every origin, per method."""
+
+    actual: list[np.ndarray] = field(default_factory=list)  # (HORIZON,) per origin
+    forecasts: dict[str, list[np.ndarray]] = field(default_factory=dict)  # method -> (H, 3)
+    chosen: Counter[str] = field(default_factory=Counter)
+
+
+def replay(
+    wide: pd.DataFrame,
+    config,
+    predictor,
+    *,
+    warmup_steps: int,
+    spacing_steps: int = 12,
+) -> tuple[dict[tuple[str, str], SeriesScores], dict[str, Any]]:
+    """Replay `wide` (WIDE frame of one history) and collect every series' forecasts."""
+    contract = config.contract()
+    step = contract.step_seconds
+    quantities = contract.quantities
+    present = [q for q in config.targets(contract) if q.name in wide.columns]
+    present = [q for q in present if wide[q.name].notna().any()]
+    for q in quantities:
+        if q.name not in wide.columns:
+            wide[q.name] = np.nan
+    held = int(config.guard.history // step)
+    guard = Guard(guard_params(config.guard, step), step)
+    times = pd.to_datetime(wide["timestamp"], utc=True)
+    first = int(times.min().value // 1_000_000_000)
+    last = int(times.max().value // 1_000_000_000)
+    start = first + (warmup_steps - 1) * step
+    start -= start % step
+    origins = np.arange(start, last - HORIZON * step + 1, spacing_steps * step)
+    profiles = {name: profile_of(name, None) for name in wide["instance"].unique()}
+    series: dict[tuple[str, str], SeriesScores] = {}
+    grid = wide.assign(seconds=times.astype("int64") // 1_000_000_000)
+    lookup = {
+        (inst, q.name): group.set_index("seconds")[q.name]
+        for inst, group in grid.groupby("instance")
+        for q in present
+    }
+    seconds_started = time.monotonic()
+    for origin in origins:
+        window = grid[(grid["seconds"] > origin - held * step) & (grid["seconds"] <= origin)]
+        cleaned = clean(
+            window.drop(columns="seconds"),
+            quantities,
+            pd.Timestamp(int(origin), unit="s", tz="UTC"),
+            CleanConfig(context_steps=held, min_steps=config.cycle.warmup_steps),
+        )
+        guarded = forecast(
+            cleaned,
+            present,
+            profiles,
+            predictor,
+            min_steps=config.cycle.warmup_steps,
+            guard=guard,
+        )
+        plain = forecast(cleaned, present, profiles, predictor, min_steps=config.cycle.warmup_steps)
+        column = {name: i for i, name in enumerate(cleaned.quantities)}
+        targets_at = origin + step * np.arange(1, HORIZON + 1)
+        for quantity in present:
+            name = quantity.name
+            y = np.where(
+                cleaned.observed[:, :, column[name]], cleaned.values[:, :, column[name]], np.nan
+            )
+            baseline = seasonal_naive_forecast(y, HORIZON, QUANTILES)
+            fallback = heuristic_forecast(y, HORIZON, QUANTILES, season=None)
+            seasonal_mean = seasonal_mean_forecast(y, HORIZON, QUANTILES)
+            for r, instance in enumerate(cleaned.instances):
+                if not guarded.available[name][r]:
+                    continue
+                actual = lookup[(instance, name)].reindex(targets_at).to_numpy(dtype=float)
+                item = series.setdefault((instance, name), SeriesScores())
+                item.actual.append(actual)
+                tft = plain.forecasts[name][r] if plain.methods[name][r] == "tft" else None
+                mean = seasonal_mean[r]
+                parts = {
+                    "served": guarded.forecasts[name][r],
+                    "unguarded": plain.forecasts[name][r],
+                    "seasonal_naive": baseline[r],
+                    "heuristic": fallback[r],
+                    "tft": tft,
+                    "seasonal_mean": mean,
+                }
+                for method, values in parts.items():
+                    empty = np.full((HORIZON, 3), np.nan)
+                    item.forecasts.setdefault(method, []).append(
+                        empty if values is None else values
+                    )
+                item.chosen[str(guarded.methods[name][r])] += 1
+    info = {
+        "origins": len(origins),
+        "first_origin": _iso(origins[0]) if len(origins) else None,
+        "last_origin": _iso(origins[-1]) if len(origins) else None,
+        "seconds": round(time.monotonic() - seconds_started, 1),
+        "switches": guard.switches,
+        "quantities": [q.name for q in present],
+    }
+    return series, info
+
+
+def score_series(item: SeriesScores) -> dict[str, dict[str, float]]:
+    """Per method: NQL and coverage at the reported horizons and NQL over the whole horizon."""
+    y = np.stack(item.actual)
+    out: dict[str, dict[str, float]] = {}
+    for method, values in item.forecasts.items():
+        f = np.stack(values)
+        if not np.isfinite(f).all(axis=(1, 2)).any():
+            continue
+        ok = np.isfinite(f).all(axis=(1, 2))
+        scores: dict[str, float] = {"nql_all": nql(y[ok], f[ok], QUANTILES)}
+        for label, steps in REPORTED.items():
+            yk, fk = y[ok, steps - 1], f[ok, steps - 1]
+            scores[f"nql_{label}"] = nql(yk[:, None], fk[:, None, :], QUANTILES)
+            scores[f"coverage_{label}"] = coverage(yk, fk[:, 0], fk[:, 2])
+        scores["origins"] = float(ok.sum())
+        out[method] = scores
+    return out
+
+
+def summarise(
+    scores: dict[tuple[str, str], dict[str, dict[str, float]]],
+    chosen: dict[tuple[str, str], Counter[str]],
+) -> dict[str, Any]:
+    """Per quantity and over all series: ratios to seasonal naive, shares, coverage, choices."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for key in scores:
+        groups.setdefault(key[1], []).append(key)
+    groups["all"] = list(scores)
+    out: dict[str, Any] = {}
+    for group, keys in groups.items():
+        entry: dict[str, Any] = {"series": len(keys)}
+        for method in METHODS:
+            rows = [
+                scores[k] for k in keys if method in scores[k] and "seasonal_naive" in scores[k]
+            ]
+            if not rows:
+                continue
+            ratios = {
+                label: [
+                    r[method][f"nql_{label}"] / r["seasonal_naive"][f"nql_{label}"]
+                    for r in rows
+                    if r["seasonal_naive"][f"nql_{label}"] > 0
+                ]
+                for label in (*REPORTED, "all")
+            }
+            at_most = [
+                all(
+                    r[method][f"nql_{label}"] <= r["seasonal_naive"][f"nql_{label}"] + 1e-12
+                    for label in (*REPORTED, "all")
+                )
+                for r in rows
+            ]
+            entry[method] = {
+                "series": len(rows),
+                "geomean_ratio": {k: _geomean(v) for k, v in ratios.items()},
+                "share_at_most_1x": float(np.mean(at_most)),
+                "mean_nql": {
+                    label: float(np.mean([r[method][f"nql_{label}"] for r in rows]))
+                    for label in (*REPORTED, "all")
+                },
+                "coverage": {
+                    label: float(np.nanmean([r[method][f"coverage_{label}"] for r in rows]))
+                    for label in REPORTED
+                },
+            }
+        total: Counter[str] = Counter()
+        for k in keys:
+            total.update(chosen[k])
+        entry["chosen"] = {m: round(c / max(sum(total.values()), 1), 3) for m, c in total.items()}
+        out[group] = entry
+    return out
+
+
+def _geomean(values: Sequence[float]) -> float:
+    finite = [v for v in values if np.isfinite(v) and v > 0]
+    return float(np.exp(np.mean(np.log(finite)))) if finite else float("nan")
+
+
+def _iso(seconds: float) -> str:
+    return pd.Timestamp(int(seconds), unit="s", tz="UTC").isoformat()
+
+
+def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The markdown report."""
+    lines = [
+        "# The forecast guard on real and simulated series",
+        "",
+        meta["header"],
+        "",
+        "Regenerate:",
+        "",
+        "```sh",
+        *meta["commands"],
+        "```",
+        "",
+        "Ratios are NQL of the method over NQL of seasonal naive 24 h on the same series and "
+        "origins (geometric mean over series; below 1 is better). `at most 1x` is the share of "
+        "series whose NQL is at most seasonal naive's at 30 min, 2 h, 8 h and over the whole "
+        "horizon. Coverage: share of actual values inside p10-p90 (nominal 0.80).",
+        "",
+    ]
+    for dataset, result in results.items():
+        lines += [f"## {dataset}", "", result["description"], ""]
+        lines += [
+            "| quantity | method | series | ratio 30m | ratio 2h | ratio 8h | ratio all "
+            "| at most 1x | coverage 30m / 2h / 8h | NQL 8h (mean) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for group, entry in result["summary"].items():
+            for method in METHODS:
+                if method not in entry:
+                    continue
+                e = entry[method]
+                g, c = e["geomean_ratio"], e["coverage"]
+                bold = "**" if method == "served" else ""
+                lines.append(
+                    f"| {group} | {bold}{method}{bold} | {e['series']} | {g['30m']:.2f} | "
+                    f"{g['2h']:.2f} | {g['8h']:.2f} | {g['all']:.2f} | "
+                    f"{e['share_at_most_1x']:.0%} | {c['30m']:.2f} / {c['2h']:.2f} / "
+                    f"{c['8h']:.2f} | {e['mean_nql']['8h']:.3f} |"
+                )
+        lines += ["", "Methods the guard served (share of series x origins):", ""]
+        for group, entry in result["summary"].items():
+            chosen = ", ".join(f"{m} {s:.0%}" for m, s in sorted(entry["chosen"].items()))
+            lines.append(f"- {group}: {chosen}")
+        info = result["info"]
+        lines += [
+            "",
+            f"Replay: {info['origins']} hourly origins from {info['first_origin']} to "
+            f"{info['last_origin']} in {info['seconds']} s; the guard switched methods "
+            f"{info['switches']} times.",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.guard_eval", description=__doc__)
+    parser.add_argument("--data", action="append", required=True, help="history dir or parquet")
+    parser.add_argument("--name", action="append", help="a title per --data (default: path)")
+    parser.add_argument("--describe", action="append", help="a sentence per --data")
+    parser.add_argument("--models.dir", dest="models_dir", default="models")
+    parser.add_argument("--warmup-days", type=float, default=3.0)
+    parser.add_argument("--report", type=Path)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--arrays", type=Path, help="also write every forecast to this .npz")
+    parser.add_argument("--header", default="")
+    parser.add_argument("--command", action="append", default=[], help="a line for the report")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = load_config(
+        ["--model.dir", args.models_dir, "--model.device", "cpu", "--state.dir", ""], {}
+    )
+    holder = ModelHolder(config.model, config.contract().version)
+    model = holder.check()
+    if model is None:
+        log.error("no model could be loaded from %s", args.models_dir)
+        return 1
+    contract = config.contract()
+    names = [q.name for q in contract.quantities]
+    results: dict[str, Any] = {}
+    for k, path in enumerate(args.data):
+        title = args.name[k] if args.name and k < len(args.name) else path
+        schema = set(pd.read_parquet(_file(path)).columns)
+        wide = read_history(path, [n for n in names if n in schema])
+        series, info = replay(
+            wide,
+            config,
+            model.predictor,
+            warmup_steps=int(args.warmup_days * 86_400 // contract.step_seconds),
+        )
+        scores = {key: score_series(item) for key, item in series.items()}
+        if args.arrays:
+            _save_arrays(args.arrays.with_suffix(f".{k}.npz"), series)
+        chosen = {key: item.chosen for key, item in series.items()}
+        results[title] = {
+            "description": args.describe[k] if args.describe and k < len(args.describe) else "",
+            "summary": summarise(scores, chosen),
+            "info": info,
+            "per_series": {
+                f"{i}/{q}": {m: {s: round(v, 5) for s, v in d.items()} for m, d in sc.items()}
+                for (i, q), sc in scores.items()
+            },
+        }
+        log.info("%s: %s", title, json.dumps(results[title]["summary"]["all"], indent=None))
+    meta = {
+        "header": args.header or f"Model `{model.version}`.",
+        "commands": args.command or ["python -m training.guard_eval " + " ".join(argv or [])],
+    }
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    if args.report:
+        args.report.write_text(render(results, meta))
+    return 0
+
+
+def _save_arrays(path: Path, series: dict[tuple[str, str], SeriesScores]) -> None:
+    """Every series' actual values and forecasts per method, for offline analysis."""
+    arrays: dict[str, np.ndarray] = {}
+    for (instance, quantity), item in series.items():
+        key = f"{instance}|{quantity}"
+        arrays[f"{key}|actual"] = np.stack(item.actual)
+        for method, values in item.forecasts.items():
+            arrays[f"{key}|{method}"] = np.stack(values)
+    np.savez_compressed(path, **arrays)
+
+
+def _file(path: str) -> Path:
+    p = Path(path)
+    return p / "server_metrics.parquet" if p.is_dir() else p
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
