@@ -202,4 +202,6 @@ class ServiceState:
     clean_events: Mapping[str, int] = field(default_factory=dict)  # cleaner reason -> count
     dropped_series: Mapping[str, int] = field(default_factory=dict)  # reason -> count
     model_load_failures: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    # "instance/quantity" -> what is wrong with its input (e.g. a likely unit mistake)
+    input_warnings: Mapping[str, str] = field(default_factory=dict)
     started_at: float = 0.0

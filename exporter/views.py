@@ -230,6 +230,7 @@ def status_body(snapshot: Snapshot, state: ServiceState, *, ready: bool) -> dict
         "cycles_total": state.cycles_total,
         "source_up": state.source_up,
         "input_partial": state.input_partial,
+        "input_warnings": dict(state.input_warnings),
         "shard": {"index": state.shard_index, "count": state.shard_count},
         "generated_at": number(snapshot.generated_at),
     }

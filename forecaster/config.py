@@ -144,7 +144,9 @@ class GuardSettings(_Section):
     spacing: Duration = 3_600.0  # between recorded (and backtested) forecast origins
     memory: int = Field(96, ge=4, le=1_000)  # scored samples kept per series and horizon band
     min_samples: int = Field(12, ge=1)  # samples before a method is chosen or a band moved
-    power: float = Field(2.0, ge=0.0, le=64.0)  # weight = loss ** -power; large: pick the best
+    power: float = Field(2.0, ge=0.0, le=64.0)  # baselines among them: weight = loss ** -power
+    model_power: float = Field(8.0, ge=0.0, le=64.0)  # model vs the best baseline, likewise
+    half_life: float = Field(0.0, ge=0.0)  # seconds; > 0: recent losses count more (0: equal)
     bootstrap_origins: int = Field(24, ge=0, le=1_000)  # past origins backtested at start
     bootstrap_per_cycle: int = Field(4, ge=1)  # of them per cycle (bounds a cycle's cost)
 

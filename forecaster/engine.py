@@ -70,6 +70,8 @@ class ForecastSet:
     drivers: tuple[tuple[tuple[str, float], ...], ...]  # per instance, largest first
     events: Counter[str] = field(default_factory=Counter)  # e.g. model_nan rows
     scores: Mapping[str, NDArray[np.float64]] = field(default_factory=dict)  # q -> (N, methods)
+    # q -> method -> (N, horizon, 3): every candidate the guard weighed (empty without it)
+    candidates: Mapping[str, Mapping[str, NDArray[np.float64]]] = field(default_factory=dict)
 
 
 def forecast(
@@ -134,6 +136,7 @@ def forecast(
         drivers=tuple(drivers),
         events=events,
         scores=scores,
+        candidates=candidates if guard is not None else {},
     )
 
 

@@ -1,41 +1,47 @@
-"""The forecast guard: per series, serve the method that has forecast that series best.
+"""The forecast guard: per series, serve what has forecast that series best.
 
 A model trained on one kind of data can do worse than the simplest baselines on another (real
 servers are noisier than the simulator, and most hosts lack some inputs). The guard makes the
 service hold on any data by construction: for every instance and target quantity it keeps
-score of each candidate method on that series' own recent history and serves the best one, its
-band recalibrated on the same series' realised errors.
+score of each candidate method on that series' own recent history, serves a combination
+weighted by those scores, and recalibrates the served band on the same series' errors.
 
-Candidates (`METHODS`): the TFT where it serves, seasonal naive (24 h) once the window holds a
-season plus `MIN_ERRORS` seasonal pairs, and the heuristic's non-seasonal method (damped
-trend or last value), which always serves. Each is a full quantile forecast.
+Candidates (`METHODS`): the TFT where it serves; the seasonal mean (the same time of day over
+the last three days) once two seasons are held; seasonal naive (24 h) once one season plus
+`MIN_ERRORS` seasonal pairs are; the heuristic's non-seasonal method (damped trend or last
+value), which always serves. Each is a full quantile forecast.
 
 Scores come from two sources that run through the same code:
 
 * a backtest on the history the service holds: when the guard first sees a fleet it queues
-  `bootstrap_origins` past origins (every `spacing_steps`, newest first) and forecasts the
-  window truncated at up to `bootstrap_per_cycle` of them per cycle, with every candidate;
+  `bootstrap_origins` past origins (every `spacing_steps`, newest first) and the engine
+  forecasts the window truncated at up to `bootstrap_per_cycle` of them per cycle;
 * online: every `spacing_steps` the cycle's own candidate forecasts are recorded.
 
-A recorded forecast is scored at the steps of `SCORE_STEPS` (1, 2, 3, 4, 6, 8, 12, ... 96) as
-soon as an observed actual value for its target time is in the window. Each scored step goes
-into a ring buffer of `memory` samples per (series, horizon band), one slot for all methods,
-holding each method's quantile loss (mean pinball over p10/p50/p90) and its residuals against
-p10 and p90. Bands are the exported horizons: a step belongs to the first label whose steps
-reach it (5m: 1; 30m: 2-6; 1h: 7-12; 2h: 13-24; 4h: 25-48; 8h: 49-96).
+A record also holds the served combination (before calibration) of that origin. It is scored
+at the steps of `SCORE_STEPS` (1, 2, 3, 4, 6, 8, 12, ... 96) as soon as an observed actual
+value for its target time is in the window. Each scored step goes into a ring buffer of
+`memory` samples per (series, horizon band), one slot for all methods, holding each method's
+quantile loss (mean pinball over p10/p50/p90) and its residuals against p10 and p90. Bands are
+the exported horizons: a step belongs to the first label whose steps reach it (5m: 1; 30m:
+2-6; 1h: 7-12; 2h: 13-24; 4h: 25-48; 8h: 49-96).
 
-Choice, per series: among the methods that serve now and have at least `min_samples` scored
-samples, compare the summed loss over the slots every one of them has scored (so they are
-judged on the same targets); the incumbent is kept unless another's loss is lower by more than
-`margin` (no flapping). Without an eligible comparison the order of preference is TFT, seasonal
-naive, heuristic (the service's behaviour before the guard).
+Weights, per series and band, from the summed losses L over the slots that every eligible
+method (serving now, at least `min_samples` scores) has scored, so that all are judged on the
+same targets: the model against the pool of baselines, odds `(L_model / L_best) **
+-model_power` to 1 (near selection: on the simulator the model wins almost everywhere, on real
+series it seldom does), and the baselines' share among them by `L ** -power` (a soft average:
+their errors differ, and averaging them beats picking one). Without two eligible methods the
+first available in `METHODS` order serves alone (the service's behaviour before the guard).
+Weights between band horizons are interpolated linearly in sqrt(h), so the served path has no
+jump; the served forecast is the weighted average of the quantiles.
 
-Bands: split-conformal, per series and band, on the served method's own residuals: the p10 is
-moved by the 0.1 quantile of (actual - p10) and the p90 by the 0.9 quantile of (actual - p90),
-so that a tenth of the recent outcomes fell below and a tenth above; the p50 is never moved.
-A band with fewer than `min_samples` residuals keeps the method's own band. Offsets between
-band horizons are interpolated linearly in sqrt(h). Arrays follow `forecaster.engine`:
-forecasts (N, horizon, 3), p10/p50/p90.
+Bands: split-conformal, per series and band, on the served combination's own residuals: the
+p10 is moved by the floor(0.1 (n + 1))-th smallest of (actual - p10) and the p90 by the
+ceil(0.9 (n + 1))-th of (actual - p90), so that about a tenth of the recent outcomes fell
+below and a tenth above; the p50 is never moved. A band with fewer than `min_samples`
+residuals keeps the combination's band. Arrays follow `forecaster.engine`: forecasts
+(N, horizon, 3), p10/p50/p90.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ class GuardParams:
     memory: int = 96
     min_samples: int = 12
     power: float = 2.0
+    model_power: float = 8.0
+    half_life_steps: int = 0  # > 0: losses weighted 0.5 ** (age / half life); 0: equal
     bootstrap_origins: int = 24
     bootstrap_per_cycle: int = 4
 
@@ -79,6 +87,8 @@ def guard_params(settings: object, step_seconds: int) -> GuardParams:
         memory=settings.memory,  # type: ignore[attr-defined]
         min_samples=settings.min_samples,  # type: ignore[attr-defined]
         power=settings.power,  # type: ignore[attr-defined]
+        model_power=settings.model_power,  # type: ignore[attr-defined]
+        half_life_steps=int(settings.half_life // step_seconds),  # type: ignore[attr-defined]
         bootstrap_origins=settings.bootstrap_origins,  # type: ignore[attr-defined]
         bootstrap_per_cycle=settings.bootstrap_per_cycle,  # type: ignore[attr-defined]
     )
@@ -104,6 +114,7 @@ class _State:
     low: np.ndarray = field(default=None)  # actual - p10, same shape
     high: np.ndarray = field(default=None)  # actual - p90
     scale: np.ndarray = field(default=None)  # (S, B, R) |actual|
+    when: np.ndarray = field(default=None)  # (S, B, R) target time of the slot
     pos: np.ndarray = field(default=None)  # (S, B) next slot
     chosen: np.ndarray = field(default=None)  # (S, B) method index, -1 none yet
 
@@ -113,6 +124,7 @@ class _State:
         self.low = self.loss.copy()
         self.high = self.loss.copy()
         self.scale = np.full((0, bands, self.memory), np.nan, dtype=np.float32)
+        self.when = np.full((0, bands, self.memory), -np.inf)
         self.pos = np.zeros((0, bands), dtype=np.int64)
         self.chosen = np.zeros((0, bands), dtype=np.int8)
 
@@ -127,6 +139,7 @@ class _State:
             self.low = _grow(self.low, grow, np.nan)
             self.high = _grow(self.high, grow, np.nan)
             self.scale = _grow(self.scale, grow, np.nan)
+            self.when = _grow(self.when, grow, -np.inf)
             self.pos = _grow(self.pos, grow, 0)
             self.chosen = _grow(self.chosen, grow, -1)
         return np.array([self.index[name] for name in instances], dtype=np.int64)
@@ -234,7 +247,10 @@ class Guard:
                 if not todo.size:
                     continue
                 y = values[where, column[g]].astype(np.float64)
-                self._push(state, record.rows[todo], g, y, record.forecasts[todo, :, g, :])
+                target = origin + int(SCORE_STEPS[g]) * self.step
+                self._push(
+                    state, record.rows[todo], (g, target), y, record.forecasts[todo, :, g, :]
+                )
                 record.scored[todo, g] = True
                 count += todo.size
             if record.scored.all() or end - origin > (int(SCORE_STEPS[-1]) + 12) * self.step:
@@ -272,9 +288,15 @@ class Guard:
         return self._states[quantity]
 
     def _push(
-        self, state: _State, rows: np.ndarray, g: int, y: np.ndarray, forecasts: np.ndarray
+        self,
+        state: _State,
+        rows: np.ndarray,
+        at: tuple[int, int],
+        y: np.ndarray,
+        forecasts: np.ndarray,
     ) -> None:
         """One scored step per row: every method's loss and residuals into the band's ring."""
+        g, target = at
         band = int(band_of(SCORE_STEPS[g]))
         slot = state.pos[rows, band] % state.memory
         state.pos[rows, band] += 1
@@ -284,26 +306,33 @@ class Guard:
         state.low[rows, band, slot] = error[..., 0]
         state.high[rows, band, slot] = error[..., -1]
         state.scale[rows, band, slot] = np.abs(y)
+        state.when[rows, band, slot] = target
 
     def _weights(
         self, state: _State, rows: np.ndarray, available: np.ndarray, *, update: bool
     ) -> np.ndarray:
         """Weights (n, B, M) per row and band: loss ** -`power`, normalised, over the slots
         every eligible method scored; one-hot on the first available method without them."""
-        loss = state.loss[rows][..., :_SERVED]  # (n, B, R, M)
+        loss = state.loss[rows][..., :_SERVED].astype(np.float64)  # (n, B, R, M)
         finite = np.isfinite(loss)
         samples = finite.sum(axis=2)  # (n, B, M)
         eligible = available[:, None, :] & (samples >= self.params.min_samples)
         common = (finite | ~eligible[:, :, None, :]).all(axis=-1)  # (n, B, R)
         enough = common.sum(axis=2) >= self.params.min_samples
-        totals = np.where(common[..., None] & finite, loss, 0.0).sum(axis=2)  # (n, B, M)
+        decay = np.ones(common.shape)
+        if self.params.half_life_steps > 0:
+            when = state.when[rows]
+            newest = when.max(axis=(1, 2), keepdims=True)
+            age = (newest - when) / (self.params.half_life_steps * self.step)
+            decay = np.where(np.isfinite(age), 0.5**age, 0.0)
+        used = common[..., None] & finite
+        totals = np.where(used, loss * decay[..., None], 0.0).sum(axis=2)  # (n, B, M)
         decided = enough & (eligible.sum(axis=2) >= 2)
-        worst = np.where(eligible, totals, 0.0).max(axis=2, keepdims=True)
-        relative = np.maximum(totals / np.where(worst > 0, worst, 1.0), 1e-6)
-        raw = np.where(eligible & decided[..., None], relative**-self.params.power, 0.0)
-        norm = raw.sum(axis=2, keepdims=True)
+        weights = _pooled_weights(
+            totals, eligible & decided[..., None], self.params.power, self.params.model_power
+        )
         fallback = np.eye(len(METHODS))[np.argmax(available, axis=1)][:, None, :]
-        weights = np.where(norm > 0, raw / np.where(norm > 0, norm, 1.0), fallback)
+        weights = np.where(weights.sum(axis=2, keepdims=True) > 0, weights, fallback)
         if update:
             primary = np.argmax(weights, axis=2)
             incumbent = state.chosen[rows]
@@ -332,6 +361,31 @@ class Guard:
         out[..., 0] = np.minimum(combined[..., 0] + shift_low, combined[..., 1])
         out[..., 2] = np.maximum(combined[..., 2] + shift_high, combined[..., 1])
         return out
+
+
+def _pooled_weights(
+    totals: np.ndarray, eligible: np.ndarray, power: float, model_power: float
+) -> np.ndarray:
+    """Weights (n, B, M) from summed losses: the model against the pool of baselines (the
+    best one's loss), `(L_model / L_best) ** -model_power` to 1, then the baselines' share
+    among them by `L ** -power`. All zero where nothing is eligible."""
+    worst = np.where(eligible, totals, 0.0).max(axis=2, keepdims=True)
+    relative = np.where(eligible, np.maximum(totals / np.where(worst > 0, worst, 1.0), 1e-6), 0.0)
+    model = METHODS.index("tft")
+    baseline = np.ones(len(METHODS), dtype=bool)
+    baseline[model] = False
+    within = np.where(eligible & baseline, np.where(relative > 0, relative, 1.0) ** -power, 0.0)
+    share = within.sum(axis=2, keepdims=True)
+    within = np.where(share > 0, within / np.where(share > 0, share, 1.0), 0.0)
+    best = np.where(eligible & baseline, relative, np.inf).min(axis=2)
+    usable = eligible[..., model] & np.isfinite(best)
+    ratio = np.where(usable, relative[..., model], 1.0) / np.where(usable, best, 1.0)
+    odds = np.where(usable, ratio**-model_power, 0.0)
+    has_pool = share[..., 0] > 0
+    model_weight = np.where(has_pool, odds / (1.0 + odds), eligible[..., model].astype(float))
+    weights = within * (1.0 - model_weight)[..., None]
+    weights[..., model] = model_weight
+    return weights
 
 
 def _stack(candidates: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -48,6 +48,8 @@ from forecaster.risk import breach_outlook, fleet_environment, risk_message, ris
 from forecaster.window import HistoryWindow
 
 log = logging.getLogger(__name__)
+UNIT_MISTAKE_SHARE = 0.5
+"""A series with more than this share of its window outside the domain gets a warning."""
 CONTEXT_STEPS = 288
 """The model's context and the first fetch after a start or gap: 24 h of 5-minute steps."""
 Publish = Callable[[Snapshot, ServiceState], None]
@@ -127,6 +129,7 @@ class Service:
         self._clean_events: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
         self._series_hint: dict[str, int] = {}
+        self._input_warnings: dict[str, str] = {}
         self._profiles: dict[str, str] = {}
         self._source_known: bool | None = None  # last logged source state
         self._lock = threading.Lock()  # one cycle at a time; pushes merge concurrently
@@ -227,6 +230,7 @@ class Service:
         step = self.contract.step_seconds
         end = self.window.end
         frame = self.window.frame()
+        self._check_units(frame)
         cleaned = clean(
             frame,
             self.quantities,
@@ -251,6 +255,39 @@ class Service:
         self._clean_events.update(result.events)
         self._score(cleaned, result)
         return self._build(result, self.window.last_seen(), model.version if model else None)
+
+    def _check_units(self, frame: pd.DataFrame) -> None:
+        """Name every series whose window lies mostly outside its quantity's domain (a
+        percentage fed as a ratio is clipped to 1 by the cleaner): one log line when it starts
+        and one when it ends, and an entry in `/status` while it lasts."""
+        found: dict[str, str] = {}
+        for quantity in self.quantities:
+            low, high = quantity.domain
+            if quantity.name not in frame.columns or (low is None and high is None):
+                continue
+            values = pd.to_numeric(frame[quantity.name], errors="coerce")
+            outside = (values > (np.inf if high is None else high)) | (
+                values < (-np.inf if low is None else low)
+            )
+            stats = (
+                pd.DataFrame({"instance": frame["instance"], "out": outside, "v": values})
+                .dropna(subset=["v"])
+                .groupby("instance")
+                .agg(share=("out", "mean"), peak=("v", "max"), count=("v", "size"))
+            )
+            bad = stats[(stats["share"] > UNIT_MISTAKE_SHARE) & (stats["count"] >= 3)]
+            for instance, row in bad.iterrows():
+                found[f"{instance}/{quantity.name}"] = (
+                    f"{row['share']:.0%} of the window lies outside the domain "
+                    f"[{low}, {high}] of {quantity.name} ({quantity.unit}; largest value "
+                    f"{row['peak']:.4g}): is the series in other units, e.g. percent instead "
+                    f"of a ratio? Values are clipped to the domain."
+                )
+        for key in sorted(found.keys() - self._input_warnings.keys()):
+            log.warning("input %s: %s", key, found[key])
+        for key in sorted(self._input_warnings.keys() - found.keys()):
+            log.info("input %s is inside its domain again", key)
+        self._input_warnings = found
 
     def _update_profiles(self, frame: pd.DataFrame) -> None:
         labels: Mapping[str, str] = {}
@@ -419,6 +456,7 @@ class Service:
             model_load_failures=MappingProxyType(
                 dict(self.holder.failures) if self.holder is not None else {}
             ),
+            input_warnings=MappingProxyType(dict(self._input_warnings)),
         )
 
     # --- pushed records ---------------------------------------------------------------------

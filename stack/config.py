@@ -51,7 +51,8 @@ class StackConfig:
     directory.
 
     `forecaster` starts `python -m forecaster` with the repository's model registry, one cycle
-    every `cycle_interval_s`; `webhook_receiver` starts `python -m stack.receiver` and runs
+    every `cycle_interval_s`, with its forecast guard unless `guard` is False (tests of the
+    model's own path); `webhook_receiver` starts `python -m stack.receiver` and runs
     Alertmanager with a work copy of its config whose notifiers all post to that receiver.
     Both are off here and on in `python -m stack demo` (`--no-forecaster`, `--no-receiver`).
 
@@ -71,6 +72,7 @@ class StackConfig:
     alertmanager: bool = True
     node_exporter: bool = True
     forecaster: bool = False
+    guard: bool = True
     cycle_interval_s: int = 60
     webhook_receiver: bool = False
     repo_root: Path = REPO_ROOT

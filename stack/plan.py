@@ -174,6 +174,7 @@ def forecaster_command(
         *("--model.dir", str(config.repo_root / MODEL_DIR), "--model.device", "cpu"),
         *("--state.dir", str(state_dir)),
         *("--cycle.interval", format_duration(config.cycle_interval_s)),
+        *(() if config.guard else ("--guard.enabled", "false")),
     ]
 
 

@@ -41,12 +41,9 @@ from forecaster.engine import forecast
 from forecaster.features import profile_of
 from forecaster.frames import read_history
 from forecaster.guard import Guard, guard_params
-from forecaster.heuristic import (
-    heuristic_forecast,
-    seasonal_mean_forecast,
-    seasonal_naive_forecast,
-)
+from forecaster.heuristic import heuristic_forecast
 from forecaster.models import ModelHolder
+from forecaster.promql import fetch_history
 from training.metrics import coverage, nql
 
 log = logging.getLogger(__name__)
@@ -114,7 +111,6 @@ def replay(
             min_steps=config.cycle.warmup_steps,
             guard=guard,
         )
-        plain = forecast(cleaned, present, profiles, predictor, min_steps=config.cycle.warmup_steps)
         column = {name: i for i, name in enumerate(cleaned.quantities)}
         targets_at = origin + step * np.arange(1, HORIZON + 1)
         for quantity in present:
@@ -122,24 +118,23 @@ def replay(
             y = np.where(
                 cleaned.observed[:, :, column[name]], cleaned.values[:, :, column[name]], np.nan
             )
-            baseline = seasonal_naive_forecast(y, HORIZON, QUANTILES)
-            fallback = heuristic_forecast(y, HORIZON, QUANTILES, season=None)
-            seasonal_mean = seasonal_mean_forecast(y, HORIZON, QUANTILES)
+            options = guarded.candidates[name]
+            fallback = heuristic_forecast(y[:, -288:], HORIZON, QUANTILES)  # 24 h, as before
             for r, instance in enumerate(cleaned.instances):
                 if not guarded.available[name][r]:
                     continue
                 actual = lookup[(instance, name)].reindex(targets_at).to_numpy(dtype=float)
                 item = series.setdefault((instance, name), SeriesScores())
                 item.actual.append(actual)
-                tft = plain.forecasts[name][r] if plain.methods[name][r] == "tft" else None
-                mean = seasonal_mean[r]
+                tft = options.get("tft")
+                tft_row = tft[r] if tft is not None and np.isfinite(tft[r]).all() else None
                 parts = {
                     "served": guarded.forecasts[name][r],
-                    "unguarded": plain.forecasts[name][r],
-                    "seasonal_naive": baseline[r],
-                    "heuristic": fallback[r],
-                    "tft": tft,
-                    "seasonal_mean": mean,
+                    "unguarded": tft_row if tft_row is not None else fallback[r],
+                    "seasonal_mean": options["seasonal_mean"][r],
+                    "seasonal_naive": options["seasonal_naive"][r],
+                    "heuristic": options["heuristic"][r],
+                    "tft": tft_row,
                 }
                 for method, values in parts.items():
                     empty = np.full((HORIZON, 3), np.nan)
@@ -295,8 +290,21 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.guard_eval", description=__doc__)
-    parser.add_argument("--data", action="append", required=True, help="history dir or parquet")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.guard_eval",
+        description=__doc__,
+        epilog="Any other flag is a forecaster setting, e.g. --guard.power 4.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", action="append", default=[], help="history dir or parquet")
+    parser.add_argument(
+        "--prometheus.url",
+        dest="prometheus_url",
+        help="score your own fleet: every contract quantity from this Prometheus",
+    )
+    parser.add_argument("--start", type=pd.Timestamp, help="with --prometheus.url: range start")
+    parser.add_argument("--end", type=pd.Timestamp, help="with --prometheus.url: range end")
+    parser.add_argument("--notes", type=Path, help="markdown appended to the report")
     parser.add_argument("--name", action="append", help="a title per --data (default: path)")
     parser.add_argument("--describe", action="append", help="a sentence per --data")
     parser.add_argument("--models.dir", dest="models_dir", default="models")
@@ -310,10 +318,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, settings = _parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_config(
-        ["--model.dir", args.models_dir, "--model.device", "cpu", "--state.dir", ""], {}
+        ["--model.dir", args.models_dir, "--model.device", "cpu", "--state.dir", "", *settings],
+        {},
     )
     holder = ModelHolder(config.model, config.contract().version)
     model = holder.check()
@@ -323,10 +332,23 @@ def main(argv: list[str] | None = None) -> int:
     contract = config.contract()
     names = [q.name for q in contract.quantities]
     results: dict[str, Any] = {}
-    for k, path in enumerate(args.data):
+    sources: list[str] = list(args.data)
+    if args.prometheus_url:
+        if args.start is None or args.end is None:
+            log.error("--prometheus.url needs --start and --end")
+            return 2
+        sources.append(args.prometheus_url)
+    if not sources:
+        log.error("give --data or --prometheus.url")
+        return 2
+    for k, path in enumerate(sources):
         title = args.name[k] if args.name and k < len(args.name) else path
-        schema = set(pd.read_parquet(_file(path)).columns)
-        wide = read_history(path, [n for n in names if n in schema])
+        if path == args.prometheus_url:
+            expressions = {q.name: q.expr for q in contract.quantities}
+            wide = fetch_history(path, expressions, args.start.timestamp(), args.end.timestamp())
+        else:
+            schema = set(pd.read_parquet(_file(path)).columns)
+            wide = read_history(path, [n for n in names if n in schema])
         series, info = replay(
             wide,
             config,
@@ -354,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     if args.report:
-        args.report.write_text(render(results, meta))
+        notes = args.notes.read_text() if args.notes else ""
+        args.report.write_text(render(results, meta) + notes)
     return 0
 
 

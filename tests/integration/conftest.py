@@ -132,6 +132,7 @@ def forecast_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackIn
         alertmanager=False,
         node_exporter=False,
         forecaster=True,
+        guard=False,  # the model's own path end to end; the guard: tests/unit/test_guard.py
         cycle_interval_s=FORECAST_CYCLE_S,
     )
     with Stack(config) as info:

@@ -158,6 +158,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
             alertmanager=True,
             node_exporter=False,
             forecaster=True,
+            guard=False,  # the model's own path end to end; the guard: tests/unit/test_guard.py
             cycle_interval_s=FORECAST_CYCLE_S,
             alertmanager_config=alertmanager_config,
             rules_dir=rules,

@@ -350,3 +350,44 @@ def test_an_internal_error_is_counted_and_the_last_snapshot_keeps_serving(monkey
     monkeypatch.undo()
     advance(source, 300)
     assert service.run_cycle()
+
+
+def test_a_percentage_fed_as_a_ratio_is_named_once_in_the_log_and_in_status(caplog):
+    source = FakeSource(FLEET, override={("ppdb001", "cpu_utilisation"): 37.5})
+    service, published = make_service(source, NO_GUARD)
+    with caplog.at_level("WARNING", logger="forecaster.service"):
+        service.run_cycle()
+        advance(source, 300)
+        service.run_cycle()
+    lines = [r.getMessage() for r in caplog.records if "ppdb001/cpu_utilisation" in r.getMessage()]
+    assert len(lines) == 1 and "percent instead of a ratio" in lines[0], lines
+    state = published[-1][1]
+    assert set(state.input_warnings) == {"ppdb001/cpu_utilisation"}
+    source.override.clear()
+    advance(source, 2 * 86_400)  # a gap: the whole window is refetched, now in range
+    service.run_cycle()
+    assert published[-1][1].input_warnings == {}
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_the_guard_weighs_the_shipped_model_against_the_baselines_on_each_series():
+    root = Path(__file__).resolve().parents[2] / "models"
+    config = load_config(["--model.dir", str(root), "--model.device", "cpu"], {})
+    holder = ModelHolder(config.model, "1.0.0")
+    assert holder.check() is not None
+    source = FakeSource(FLEET[:3], first=float(T0 - 2 * 86_400))
+    argv = ["--model.dir", str(root), "--guard.bootstrap-per-cycle", "24"]
+    service, published = make_service(source, argv, holder=holder)
+    for _ in range(3):  # 24 h, then the older history, then every backtest origin is scored
+        service.run_cycle()
+        advance(source, 300)
+    snapshot, _ = published[-1]
+    methods = {"tft", "seasonal_mean", "seasonal_naive", "heuristic"}
+    for item in snapshot.instances.values():
+        for forecast in item.forecasts.values():
+            assert forecast.method in methods
+            assert set(forecast.scores) <= methods and "tft" in forecast.scores, forecast.scores
+            assert all(np.isfinite(v) and v >= 0 for v in forecast.scores.values())
+            assert np.isfinite(forecast.quantiles).all()
+            assert (np.diff(forecast.quantiles, axis=1) >= 0).all()
