@@ -75,6 +75,8 @@ class GuardParams:
     min_samples: int = 12
     power: float = 2.0
     model_power: float = 8.0
+    per_slot: bool = True
+    calibration_prior: float = 24.0
     half_life_steps: int = 0  # > 0: losses weighted 0.5 ** (age / half life); 0: equal
     bootstrap_origins: int = 24
     bootstrap_per_cycle: int = 4
@@ -89,6 +91,8 @@ def guard_params(settings: object, step_seconds: int) -> GuardParams:
         power=settings.power,  # type: ignore[attr-defined]
         model_power=settings.model_power,  # type: ignore[attr-defined]
         half_life_steps=int(settings.half_life // step_seconds),  # type: ignore[attr-defined]
+        per_slot=settings.per_slot,  # type: ignore[attr-defined]
+        calibration_prior=settings.calibration_prior,  # type: ignore[attr-defined]
         bootstrap_origins=settings.bootstrap_origins,  # type: ignore[attr-defined]
         bootstrap_per_cycle=settings.bootstrap_per_cycle,  # type: ignore[attr-defined]
     )
@@ -326,6 +330,9 @@ class Guard:
             age = (newest - when) / (self.params.half_life_steps * self.step)
             decay = np.where(np.isfinite(age), 0.5**age, 0.0)
         used = common[..., None] & finite
+        if self.params.per_slot:  # each scored target counts alike: loss over the slot's mean
+            mean = np.where(used, loss, 0.0).sum(axis=-1) / np.maximum(used.sum(axis=-1), 1)
+            loss = loss / np.maximum(mean, 1e-12)[..., None]
         totals = np.where(used, loss * decay[..., None], 0.0).sum(axis=2)  # (n, B, M)
         decided = enough & (eligible.sum(axis=2) >= 2)
         weights = _pooled_weights(
@@ -354,9 +361,10 @@ class Guard:
         shift_low = _rank(low, count, np.floor(0.1 * (count + 1)).astype(np.int64))
         shift_high = _rank(high, count, np.ceil(0.9 * (count + 1)).astype(np.int64))
         ok = count >= self.params.min_samples
+        trust = count / (count + self.params.calibration_prior)  # few residuals: small moves
         steps = np.arange(1, combined.shape[1] + 1)
-        shift_low = _interpolate(np.where(ok, shift_low, 0.0), steps)
-        shift_high = _interpolate(np.where(ok, shift_high, 0.0), steps)
+        shift_low = _interpolate(np.where(ok, shift_low * trust, 0.0), steps)
+        shift_high = _interpolate(np.where(ok, shift_high * trust, 0.0), steps)
         out = combined.copy()
         out[..., 0] = np.minimum(combined[..., 0] + shift_low, combined[..., 1])
         out[..., 2] = np.maximum(combined[..., 2] + shift_high, combined[..., 1])
