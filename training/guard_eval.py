@@ -226,6 +226,48 @@ def summarise(
     return out
 
 
+def _aggregate(per_series: dict[str, Any], group: str, method: str) -> str:
+    """Summed NQL of `method` over summed NQL of seasonal naive, at 8 h and over the horizon."""
+    rows = [
+        scores
+        for key, scores in per_series.items()
+        if (group == "all" or key.split("/", 1)[1] == group)
+        and method in scores
+        and "seasonal_naive" in scores
+    ]
+    if not rows:
+        return "n/a"
+    parts = [
+        sum(r[method][f"nql_{h}"] for r in rows)
+        / sum(r["seasonal_naive"][f"nql_{h}"] for r in rows)
+        for h in ("8h", "all")
+    ]
+    return f"{parts[0]:.2f} / {parts[1]:.2f}"
+
+
+def plot_fans(arrays: Path, keys: Sequence[str], out: Path, origin_index: int = -1) -> Path:
+    """Fan charts (p10-p90 and p50) of the served forecast and the TFT against the actual
+    values, one panel per series key `instance|quantity`, at one origin of the replay."""
+    from matplotlib.figure import Figure  # only the report needs matplotlib
+
+    data = np.load(arrays)
+    figure = Figure(figsize=(6.0 * len(keys), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(keys), squeeze=False)[0]
+    steps = np.arange(1, HORIZON + 1) * 5 / 60
+    for ax, key in zip(axes, keys, strict=True):
+        actual = data[f"{key}|actual"][origin_index]
+        for method, color in (("tft", "tab:red"), ("served", "tab:blue")):
+            band = data[f"{key}|{method}"][origin_index]
+            ax.fill_between(steps, band[:, 0], band[:, 2], color=color, alpha=0.2)
+            ax.plot(steps, band[:, 1], color=color, label=f"{method} p50, p10-p90")
+        ax.plot(steps, actual, color="black", linewidth=1.2, label="actual")
+        ax.set_title(key.replace("|", " / "))
+        ax.set_xlabel("hours ahead")
+        ax.legend(fontsize=7)
+    figure.savefig(out, dpi=90)
+    return out
+
+
 def _geomean(values: Sequence[float]) -> float:
     finite = [v for v in values if np.isfinite(v) and v > 0]
     return float(np.exp(np.mean(np.log(finite)))) if finite else float("nan")
@@ -258,8 +300,8 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += [f"## {dataset}", "", result["description"], ""]
         lines += [
             "| quantity | method | series | ratio 30m | ratio 2h | ratio 8h | ratio all "
-            "| at most 1x | coverage 30m / 2h / 8h | NQL 8h (mean) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| at most 1x | aggregate 8h / all | coverage 30m / 2h / 8h | NQL 8h (mean) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for group, entry in result["summary"].items():
             for method in METHODS:
@@ -267,11 +309,12 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
                     continue
                 e = entry[method]
                 g, c = e["geomean_ratio"], e["coverage"]
+                agg = _aggregate(result.get("per_series", {}), group, method)
                 bold = "**" if method == "served" else ""
                 lines.append(
                     f"| {group} | {bold}{method}{bold} | {e['series']} | {g['30m']:.2f} | "
                     f"{g['2h']:.2f} | {g['8h']:.2f} | {g['all']:.2f} | "
-                    f"{e['share_at_most_1x']:.0%} | {c['30m']:.2f} / {c['2h']:.2f} / "
+                    f"{e['share_at_most_1x']:.0%} | {agg} | {c['30m']:.2f} / {c['2h']:.2f} / "
                     f"{c['8h']:.2f} | {e['mean_nql']['8h']:.3f} |"
                 )
         lines += ["", "Methods the guard served (share of series x origins):", ""]
@@ -305,6 +348,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--start", type=pd.Timestamp, help="with --prometheus.url: range start")
     parser.add_argument("--end", type=pd.Timestamp, help="with --prometheus.url: range end")
     parser.add_argument("--notes", type=Path, help="markdown appended to the report")
+    parser.add_argument(
+        "--render-only", type=Path, help="rebuild the report from this --json output, no replay"
+    )
+    parser.add_argument(
+        "--fan",
+        nargs=4,
+        action="append",
+        metavar=("NPZ", "KEYS", "ORIGIN", "PNG"),
+        help="with --render-only: fan charts of KEYS (instance|quantity,...) at origin index "
+        "ORIGIN from an --arrays file",
+    )
     parser.add_argument("--name", action="append", help="a title per --data (default: path)")
     parser.add_argument("--describe", action="append", help="a sentence per --data")
     parser.add_argument("--models.dir", dest="models_dir", default="models")
@@ -320,18 +374,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args, settings = _parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.render_only:
+        return _render_only(args)
     config = load_config(
         ["--model.dir", args.models_dir, "--model.device", "cpu", "--state.dir", "", *settings],
         {},
     )
-    holder = ModelHolder(config.model, config.contract().version)
-    model = holder.check()
+    model = ModelHolder(config.model, config.contract().version).check()
     if model is None:
         log.error("no model could be loaded from %s", args.models_dir)
         return 1
-    contract = config.contract()
-    names = [q.name for q in contract.quantities]
-    results: dict[str, Any] = {}
     sources: list[str] = list(args.data)
     if args.prometheus_url:
         if args.start is None or args.end is None:
@@ -341,43 +393,73 @@ def main(argv: list[str] | None = None) -> int:
     if not sources:
         log.error("give --data or --prometheus.url")
         return 2
-    for k, path in enumerate(sources):
-        title = args.name[k] if args.name and k < len(args.name) else path
-        if path == args.prometheus_url:
-            expressions = {q.name: q.expr for q in contract.quantities}
-            wide = fetch_history(path, expressions, args.start.timestamp(), args.end.timestamp())
-        else:
-            schema = set(pd.read_parquet(_file(path)).columns)
-            wide = read_history(path, [n for n in names if n in schema])
-        series, info = replay(
-            wide,
-            config,
-            model.predictor,
-            warmup_steps=int(args.warmup_days * 86_400 // contract.step_seconds),
-        )
-        scores = {key: score_series(item) for key, item in series.items()}
-        if args.arrays:
-            _save_arrays(args.arrays.with_suffix(f".{k}.npz"), series)
-        chosen = {key: item.chosen for key, item in series.items()}
-        results[title] = {
-            "description": args.describe[k] if args.describe and k < len(args.describe) else "",
-            "summary": summarise(scores, chosen),
-            "info": info,
-            "per_series": {
-                f"{i}/{q}": {m: {s: round(v, 5) for s, v in d.items()} for m, d in sc.items()}
-                for (i, q), sc in scores.items()
-            },
-        }
-        log.info("%s: %s", title, json.dumps(results[title]["summary"]["all"], indent=None))
+    results = {
+        _title(args.name, k, path): _evaluate(args, k, path, config, model.predictor)
+        for k, path in enumerate(sources)
+    }
     meta = {
         "header": args.header or f"Model `{model.version}`.",
         "commands": args.command or ["python -m training.guard_eval " + " ".join(argv or [])],
     }
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        saved = {"results": results, "meta": meta}
+        args.json.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
     if args.report:
         notes = args.notes.read_text() if args.notes else ""
         args.report.write_text(render(results, meta) + notes)
+    return 0
+
+
+def _title(names: list[str] | None, k: int, default: str) -> str:
+    return names[k] if names and k < len(names) else default
+
+
+def _evaluate(args: argparse.Namespace, k: int, path: str, config, predictor) -> dict[str, Any]:
+    """Replay and score one source (a history path or the Prometheus URL)."""
+    contract = config.contract()
+    if path == args.prometheus_url:
+        expressions = {q.name: q.expr for q in contract.quantities}
+        wide = fetch_history(path, expressions, args.start.timestamp(), args.end.timestamp())
+    else:
+        schema = set(pd.read_parquet(_file(path)).columns)
+        wide = read_history(path, [q.name for q in contract.quantities if q.name in schema])
+    warmup = int(args.warmup_days * 86_400 // contract.step_seconds)
+    series, info = replay(wide, config, predictor, warmup_steps=warmup)
+    scores = {key: score_series(item) for key, item in series.items()}
+    if args.arrays:
+        _save_arrays(args.arrays.with_suffix(f".{k}.npz"), series)
+    chosen = {key: item.chosen for key, item in series.items()}
+    result = {
+        "description": _title(args.describe, k, ""),
+        "summary": summarise(scores, chosen),
+        "info": info,
+        "per_series": {
+            f"{i}/{q}": {m: {s: round(v, 5) for s, v in d.items()} for m, d in sc.items()}
+            for (i, q), sc in scores.items()
+        },
+    }
+    log.info("%s: %s", _title(args.name, k, path), json.dumps(result["summary"]["all"]))
+    return result
+
+
+def _render_only(args: argparse.Namespace) -> int:
+    """The report again from a `--json` output (no replay)."""
+    if not args.report:
+        log.error("--render-only needs --report")
+        return 2
+    saved = json.loads(args.render_only.read_text())
+    if "results" not in saved:  # a file of results alone
+        saved = {"results": saved, "meta": {}}
+    meta = {
+        "header": args.header or saved["meta"].get("header", ""),
+        "commands": args.command or saved["meta"].get("commands", []),
+    }
+    notes = args.notes.read_text() if args.notes else ""
+    figures = ""
+    for npz, keys, origin, png in args.fan or []:
+        path = plot_fans(Path(npz), keys.split(","), Path(png), int(origin))
+        figures += f"\n![{path.stem}]({path.relative_to(args.report.parent)})\n"
+    args.report.write_text(render(saved["results"], meta) + figures + notes)
     return 0
 
 

@@ -97,8 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, required=True, help="a copy of the repository")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--start", default="2026-01-05T00:00:00Z")
+    parser.add_argument("--parts", help="comma-separated instances to keep (default: all)")
+    parser.add_argument("--exclude", help="comma-separated instances to leave out")
     args = parser.parse_args(argv)
     frame = datacenter_traces(args.source, pd.Timestamp(args.start))
+    if args.parts:
+        frame = frame[frame["instance"].isin(args.parts.split(","))]
+    if args.exclude:
+        frame = frame[~frame["instance"].isin(args.exclude.split(","))]
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(args.out / "server_metrics.parquet", index=False)
     print(
