@@ -146,7 +146,7 @@ class GuardSettings(_Section):
     min_samples: int = Field(12, ge=1)  # samples before a method is chosen or a band moved
     power: float = Field(2.0, ge=0.0, le=64.0)  # baselines among them: weight = loss ** -power
     model_power: float = Field(8.0, ge=0.0, le=64.0)  # model vs the best baseline, likewise
-    half_life: float = Field(0.0, ge=0.0)  # seconds; > 0: recent losses count more (0: equal)
+    half_life: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 0.0  # 0: equal
     per_slot: bool = True  # losses relative to each target's mean over methods (spike-robust)
     calibration_prior: float = Field(24.0, ge=0.0)  # band shift x n / (n + prior)
     bootstrap_origins: int = Field(24, ge=0, le=1_000)  # past origins backtested at start

@@ -47,7 +47,8 @@ residuals keeps the combination's band. Arrays follow `forecaster.engine`: forec
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -68,18 +69,26 @@ def band_of(steps: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GuardParams:
-    """The guard's knobs (see the module docstring); `forecaster.config.GuardSettings` maps here."""
+    """The guard's knobs in grid steps (see the module docstring). The defaults and their
+    meaning live in one place, `forecaster.config.GuardSettings`; `guard_params` maps them."""
 
-    spacing_steps: int = 12
-    memory: int = 96
-    min_samples: int = 12
-    power: float = 2.0
-    model_power: float = 8.0
-    per_slot: bool = True
-    calibration_prior: float = 24.0
-    half_life_steps: int = 0  # > 0: losses weighted 0.5 ** (age / half life); 0: equal
-    bootstrap_origins: int = 24
-    bootstrap_per_cycle: int = 4
+    spacing_steps: int
+    memory: int
+    min_samples: int
+    power: float
+    model_power: float
+    per_slot: bool
+    calibration_prior: float
+    half_life_steps: int  # > 0: losses weighted 0.5 ** (age / half life); 0: equal
+    bootstrap_origins: int
+    bootstrap_per_cycle: int
+
+
+def default_params(step_seconds: int = 300, **overrides: Any) -> GuardParams:
+    """The configuration's defaults as `GuardParams`, with `overrides` (tests, replays)."""
+    from forecaster.config import GuardSettings
+
+    return replace(guard_params(GuardSettings(), step_seconds), **overrides)
 
 
 def guard_params(settings: object, step_seconds: int) -> GuardParams:
@@ -162,8 +171,8 @@ class Served:
 class Guard:
     """Scores, choice and band calibration per series (see the module docstring)."""
 
-    def __init__(self, params: GuardParams = GuardParams(), step_seconds: int = 300) -> None:
-        self.params = params
+    def __init__(self, params: GuardParams | None = None, step_seconds: int = 300) -> None:
+        self.params = params or default_params(step_seconds)
         self.step = step_seconds
         self._states: dict[str, _State] = {}
         self._records: dict[str, dict[int, _Record]] = {}

@@ -328,7 +328,7 @@ class Service:
         for row, message in zip(at_risk, risk_message(risk, config.risk, at_risk), strict=True):
             messages[row] = message
         outlook = {
-            name: breach_outlook(forecasts[name], levels.critical, self.contract.step_seconds)
+            name: self._outlook(result, name, forecasts[name], levels.critical)
             for name, levels in config.thresholds.items()
             if name in forecasts
         }
@@ -352,6 +352,31 @@ class Service:
             units=MappingProxyType({q.name: q.unit for q in self.targets}),
             step_seconds=self.contract.step_seconds,
         )
+
+    def _outlook(
+        self, result: ForecastSet, name: str, served: np.ndarray, threshold: float
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Breach probabilities and time to breach of the served forecast, or of the model's
+        own forecast where the model serves and sees the breach sooner.
+
+        The guard weighs the model by its past accuracy, which mostly comes from normal times;
+        a ramp that only the model extrapolates must still warn (the early-warning path that
+        `docs/EVALUATION.md` measures). Where the model does not serve, the served forecast's.
+        """
+        step = self.contract.step_seconds
+        probabilities, time_to_breach = breach_outlook(served, threshold, step)
+        model = result.candidates.get(name, {}).get("tft")
+        if model is None:
+            return probabilities, time_to_breach
+        serves = np.isfinite(model).all(axis=(1, 2)) & result.available[name]
+        model_p, model_ttb = breach_outlook(
+            np.where(np.isfinite(model), model, 0.0), threshold, step
+        )
+        merged = {
+            w: np.where(serves, np.maximum(p, model_p[w]), p) for w, p in probabilities.items()
+        }
+        sooner = np.fmin(time_to_breach, np.where(serves, model_ttb, np.nan))
+        return merged, sooner
 
     def _instance(self, result: ForecastSet, r: int, derived: _Derived) -> InstanceSnapshot:
         forecasts, risk, outlook = derived.forecasts, derived.risk, derived.outlook

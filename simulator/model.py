@@ -70,6 +70,11 @@ def _noise(fleet: Fleet, name: str, steps: NDArray[np.int64], width: int = 1) ->
     return rng.smooth_normal(key, steps, width)
 
 
+SHARE_FLOOR = 1e-9
+"""Smallest latency-bucket share: 1e-9 x 100 requests/s x 300 s is far above the rounding step
+of a bucket counter of 1e8 (about 1.5e-8)."""
+
+
 def _erf(z: NDArray[np.float64]) -> NDArray[np.float64]:
     """Vectorised error function (Numerical Recipes erfc, fractional error below 1.2e-7)."""
     a = np.abs(z)
@@ -387,5 +392,9 @@ def _requests(ctx: Context, latency_target) -> dict[str, NDArray]:
 
 
 def _share(le: float, median: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Share of requests at or below `le`, at least `SHARE_FLOOR`: a bucket whose share is
+    about 0 (the lowest ones during a latency incident) would grow its counter by less than
+    the counter's rounding step, and the history's and the live integration, which sum in a
+    different order, could then differ by one unit in the last place: a counter reset."""
     z = (np.log(le) - np.log(median)) / (LATENCY_SIGMA * np.sqrt(2.0))
-    return 0.5 * (1.0 + _erf(z))
+    return np.maximum(0.5 * (1.0 + _erf(z)), SHARE_FLOOR)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forecaster.guard import METHODS, SCORE_STEPS, Guard, GuardParams, band_of
+from forecaster.guard import METHODS, SCORE_STEPS, Guard, band_of, default_params
 from forecaster.heuristic import heuristic_forecast, seasonal_naive_forecast
 
 STEP = 300
@@ -76,7 +76,7 @@ def test_bands_of_the_score_steps_follow_the_exported_horizons():
 
 def test_guard_switches_away_from_a_model_that_extrapolates_noise_and_coverage_recovers():
     y = noisy_series(8 * DAY)
-    guard = Guard(GuardParams(), STEP)
+    guard = Guard(default_params(STEP), STEP)
     served = run(guard, y, first=3 * DAY, last=8 * DAY - H)
     early = served[0][1]
     assert set(early.methods) == {"tft"}  # no scores yet: the model is preferred
@@ -100,7 +100,7 @@ def test_a_good_model_keeps_most_of_the_weight():
         return np.stack([future - 0.03, future, future + 0.03], axis=-1)
 
     names = [f"host{i}" for i in range(y.shape[0])]
-    guard = Guard(GuardParams(), STEP)
+    guard = Guard(default_params(STEP), STEP)
     for end in range(3 * DAY, 6 * DAY, 12):
         window = y[:, end - 3 * DAY + 1 : end + 1]
         guard.observe("cpu", names, end * STEP, window, np.ones_like(window, bool))
@@ -116,7 +116,7 @@ def test_a_good_model_keeps_most_of_the_weight():
 
 
 def test_without_scores_the_first_available_method_serves_unchanged():
-    guard = Guard(GuardParams(), STEP)
+    guard = Guard(default_params(STEP), STEP)
     y = noisy_series(2 * DAY)
     options = candidates(y)
     options["tft"][1] = np.nan  # the model does not serve row 1
@@ -128,19 +128,19 @@ def test_without_scores_the_first_available_method_serves_unchanged():
 
 
 def test_a_series_seen_by_no_method_gets_no_forecast():
-    guard = Guard(GuardParams(), STEP)
+    guard = Guard(default_params(STEP), STEP)
     nothing = {m: np.full((1, H, 3), np.nan) for m in ("tft", "heuristic")}
     result = guard.serve("cpu", ["a"], nothing)
     assert np.isnan(result.forecasts).all()
 
 
 def test_bootstrap_origins_are_queued_once_and_handed_out_in_bounded_batches():
-    guard = Guard(GuardParams(bootstrap_origins=10, bootstrap_per_cycle=4), STEP)
+    guard = Guard(default_params(STEP, bootstrap_origins=10, bootstrap_per_cycle=4), STEP)
     end = 100 * DAY * STEP
     first = guard.bootstrap_due(end, usable_steps=3 * DAY)
     assert first == [end - k * 12 * STEP for k in range(1, 5)]
     assert len(guard.bootstrap_due(end, 3 * DAY)) == 4
     assert len(guard.bootstrap_due(end, 3 * DAY)) == 2
     assert guard.bootstrap_due(end, 3 * DAY) == []
-    short = Guard(GuardParams(bootstrap_origins=10), STEP)
+    short = Guard(default_params(STEP, bootstrap_origins=10), STEP)
     assert len(short.bootstrap_due(end, usable_steps=30)) == 2  # only what the history allows

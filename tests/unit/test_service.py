@@ -391,3 +391,32 @@ def test_the_guard_weighs_the_shipped_model_against_the_baselines_on_each_series
             assert all(np.isfinite(v) and v >= 0 for v in forecast.scores.values())
             assert np.isfinite(forecast.quantiles).all()
             assert (np.diff(forecast.quantiles, axis=1) >= 0).all()
+
+
+def test_a_ramp_only_the_model_extrapolates_still_warns_under_the_guard():
+    from forecaster.engine import ForecastSet
+
+    service, _ = make_service(FakeSource(FLEET))
+    steps = np.arange(1, 97)
+    flat = np.stack([np.full(96, 0.45), np.full(96, 0.5), np.full(96, 0.55)], axis=-1)
+    ramp_p50 = 0.5 + 0.5 * steps / 96  # passes 0.95 at step 87
+    ramp = np.stack([ramp_p50 - 0.02, ramp_p50, ramp_p50 + 0.02], axis=-1)
+    served = np.stack([flat, flat])
+    model = np.stack([ramp, np.full((96, 3), np.nan)])  # the model does not serve row 1
+    result = ForecastSet(
+        origin=0,
+        instances=("a", "b"),
+        profiles=("generic", "generic"),
+        lengths=np.array([288, 288]),
+        forecasts={"memory_utilisation": served},
+        methods={"memory_utilisation": np.array(["seasonal_mean", "seasonal_mean"])},
+        available={"memory_utilisation": np.array([True, True])},
+        current={"memory_utilisation": np.array([0.5, 0.5])},
+        trend={"memory_utilisation": np.array([0.0, 0.0])},
+        drivers=((), ()),
+        candidates={"memory_utilisation": {"tft": model, "seasonal_mean": served}},
+    )
+    probabilities, ttb = service._outlook(result, "memory_utilisation", served, 0.95)
+    assert probabilities["8h"][0] > 0.5 and probabilities["8h"][1] < 0.01
+    assert probabilities["30m"][0] < 0.01  # the ramp is hours away
+    assert ttb[0] == 87 * 300 and np.isnan(ttb[1])

@@ -185,3 +185,19 @@ def test_scenarios_affect_a_quarter_of_the_fleet():
     assert sch.affected_nodes(fleet).sum() == 5
     assert sch.SCENARIOS == {"healthy": 1.0, "degrading": 1.15, "critical": 1.6}
     assert PROFILE_BY_NAME["database"].cpu == 0.40
+
+
+def test_latency_bucket_counters_grow_by_more_than_their_rounding_step_during_an_incident():
+    """A bucket share of about 0 (the lowest buckets while latency is degraded) once made the
+    history's and the live integration differ in the last place: a counter reset in Prometheus."""
+    from simulator.model import SHARE_FLOOR
+    from simulator.series import channel_rates
+
+    fleet = build_fleet(20, 42)
+    node = fleet.nodes.index("ppetl002")
+    start = pd.Timestamp("2026-12-02T15:00:00Z").value // 10**9 // 300
+    values = evaluate(fleet, np.arange(start, start + 12))
+    assert values["request_latency_p95"][node].max() > 0.5  # the incident is in this window
+    assert values["latency_shares"].min() >= SHARE_FLOOR
+    increments = channel_rates(values)[node] * 300
+    assert (increments > np.spacing(1e9)).all()
