@@ -163,14 +163,7 @@ class Service:
         parts: dict[str, pd.DataFrame] = {}
         partial = False
         for quantity in self.quantities:
-            result = self.source.query_range(
-                quantity.expr,
-                plan.start,
-                plan.end,
-                step,
-                self._series_hint.get(quantity.name, 1),
-                quantity=quantity.name,
-            )
+            result = self._query(quantity, plan)
             frame = self._own_shard(result.frame)
             self._series_hint[quantity.name] = max(1, int(result.frame["instance"].nunique()))
             self._dropped.update(result.dropped)
@@ -181,6 +174,17 @@ class Service:
         self._forget_vanished(end)
         return partial
 
+    def _query(self, quantity: Quantity, plan):
+        """One quantity's range query over `plan` on the contract's grid."""
+        return self.source.query_range(
+            quantity.expr,
+            plan.start,
+            plan.end,
+            self.contract.step_seconds,
+            self._series_hint.get(quantity.name, 1),
+            quantity=quantity.name,
+        )
+
     def _backfill(self, end: int) -> None:
         """Fetch the next older chunk of history the window should hold (one per cycle).
 
@@ -189,19 +193,10 @@ class Service:
         plan = self.window.backfill_plan(end)
         if plan is None:
             return
-        step = self.contract.step_seconds
         parts: dict[str, pd.DataFrame] = {}
         try:
             for quantity in self.quantities:
-                result = self.source.query_range(
-                    quantity.expr,
-                    plan.start,
-                    plan.end,
-                    step,
-                    self._series_hint.get(quantity.name, 1),
-                    quantity=quantity.name,
-                )
-                parts[quantity.name] = self._own_shard(result.frame)
+                parts[quantity.name] = self._own_shard(self._query(quantity, plan).frame)
         except SourceError as exc:
             log.debug("backfill of %d steps postponed: %s", plan.steps, exc)
             return
