@@ -170,7 +170,8 @@ def risk_families(fresh: list[InstanceSnapshot]) -> Iterator[Metric]:
     methods = _gauge(
         "forecaster_method_score",
         "The guard's normalised quantile loss of each forecast method on the series' own "
-        "recent history (lower is better); the served forecast weights them by it.",
+        "recent history, on the targets all of them were scored on (lower is better); the "
+        "served forecast weights them by it.",
         ["instance", "quantity", "method"],
     )
     for instance in fresh:

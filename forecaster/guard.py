@@ -284,14 +284,24 @@ class Guard:
         served = self._calibrate(state, rows, combined)
         weights = _band_weights(self._last_weights, np.arange(1, stacked.shape[2] + 1))
         primary = np.argmax(weights.sum(axis=1), axis=1)
-        loss = state.loss[rows][..., :_SERVED]
+        scores, samples = self._scores(state, rows)
+        return Served(served, np.asarray(METHODS)[primary], scores, samples)
+
+    def _scores(self, state: _State, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """NQL per row and method, on the slots that every method with a score has scored
+        (so the figures compare; each method's own slots where fewer than `min_samples`
+        are shared), and each method's count of scored slots."""
+        loss = state.loss[rows][..., :_SERVED].astype(np.float64)
         finite = np.isfinite(loss)
-        samples = finite.sum(axis=(1, 2))
-        scale = np.where(finite, state.scale[rows][..., None], 0.0).sum(axis=(1, 2))
-        total = np.where(finite, loss, 0.0).sum(axis=(1, 2))
+        samples = finite.sum(axis=(1, 2))  # (n, M)
+        shared = (finite | (samples == 0)[:, None, None, :]).all(axis=-1)  # (n, B, R)
+        enough = shared.sum(axis=(1, 2)) >= self.params.min_samples
+        used = np.where(enough[:, None, None, None], shared[..., None] & finite, finite)
+        scale = np.where(used, state.scale[rows][..., None], 0.0).sum(axis=(1, 2))
+        total = np.where(used, loss, 0.0).sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
             scores = np.where((samples > 0) & (scale > 0), 2.0 * total / scale, np.nan)
-        return Served(served, np.asarray(METHODS)[primary], scores, samples)
+        return scores, samples
 
     # --- internals ------------------------------------------------------------------------
 
