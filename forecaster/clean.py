@@ -102,6 +102,10 @@ class Cleaned:
     lengths: np.ndarray  # (instances,) int64: usable steps, the last `lengths` of the window
     skipped: dict[str, str]  # instance -> reason ("missing" or "no_data")
     counts: Counter[str]  # reason -> count, zero counts left out
+    # (instances, quantities): share of observed values outside the domain before clipping
+    # (0 with fewer than 3 observed), and the largest observed value (NaN without any)
+    outside: np.ndarray | None = None
+    peak: np.ndarray | None = None
 
 
 def clean(
@@ -121,7 +125,7 @@ def clean(
     counts: Counter[str] = Counter()
     counts["unknown_quantity"] += sum(c not in (*names, *META_COLUMNS) for c in frame.columns)
     instances, grid = _place(frame, names, end, config, counts)
-    _clip(grid, quantities, counts)
+    outside, peak = _clip(grid, quantities, counts)
     observed = np.isfinite(grid)
     targets = np.array([q.role == "target" for q in quantities], dtype=bool)
     in_window = observed[:, :, targets].any(axis=1)
@@ -135,6 +139,7 @@ def clean(
     counts.update(skipped.values())
     keep = reasons == ""
     grid, observed, start, lengths = grid[keep], observed[keep], start[keep], lengths[keep]
+    outside, peak = outside[keep], peak[keep]
     values = _fill(grid, observed, start, config.max_fill_gap, counts)
     _count_flat(values, observed, counts)
     counts["short"] += int(np.count_nonzero(lengths < config.min_steps))
@@ -147,6 +152,8 @@ def clean(
         lengths=lengths.astype(np.int64),
         skipped=skipped,
         counts=+counts,
+        outside=outside,
+        peak=peak,
     )
 
 
@@ -208,13 +215,24 @@ def _scatter(
     out[cells[last]] = values[last]
 
 
-def _clip(grid: np.ndarray, quantities: Sequence[Quantity], counts: Counter) -> None:
-    """Clip observed values in place to each quantity's domain and to +-MAGNITUDE_LIMIT."""
+def _clip(
+    grid: np.ndarray, quantities: Sequence[Quantity], counts: Counter
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clip observed values in place to each quantity's domain and to +-MAGNITUDE_LIMIT.
+
+    Returns, per (instance, quantity), the share of its observed values that lay outside
+    (0 with fewer than 3 of them) and the largest value before clipping (NaN without any).
+    """
     low, high = _domain(quantities, 0), _domain(quantities, 1)
     with np.errstate(invalid="ignore"):
         outside = (grid < low) | (grid > high)
     counts["out_of_domain"] += int(np.count_nonzero(outside))
+    seen = np.isfinite(grid).sum(axis=1)
+    share = np.where(seen >= 3, outside.sum(axis=1) / np.maximum(seen, 1), 0.0)
+    with np.errstate(all="ignore"):
+        peak = np.where(seen > 0, np.nanmax(np.where(seen[:, None] > 0, grid, 0.0), axis=1), np.nan)
     np.clip(grid, low, high, out=grid)
+    return share, peak
 
 
 def _domain(quantities: Sequence[Quantity], side: int) -> np.ndarray:

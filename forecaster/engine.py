@@ -236,9 +236,13 @@ def _guard_cycle(
         guard.record(origin, cleaned.instances, past_candidates, online=False)
     column = {name: i for i, name in enumerate(cleaned.quantities)}
     for quantity in context.targets:
-        values, observed = cleaned.values[:, :, column[quantity.name]], cleaned.observed
+        i = column[quantity.name]
         guard.observe(
-            quantity.name, cleaned.instances, end, values, observed[:, :, column[quantity.name]]
+            quantity.name,
+            cleaned.instances,
+            end,
+            cleaned.values[:, :, i],
+            cleaned.observed[:, :, i],
         )
     if guard.record_due(end):
         guard.record(end, cleaned.instances, candidates)

@@ -179,7 +179,6 @@ class Guard:
         self._last_recorded: int | None = None
         self._bootstrap: list[int] = []
         self._bootstrapped = False
-        self._last_weights = np.zeros((0, len(_LABELS), len(METHODS)))
         self.switches = 0
 
     # --- what the cycle asks ------------------------------------------------------------
@@ -217,7 +216,8 @@ class Guard:
             state = self._state(quantity)
             rows = state.rows(instances)
             full, available = _stack(by_method)
-            combined = _combine(full, self._weights(state, rows, available, update=False))
+            per_band = self._weights(state, rows, available, update=False)
+            combined = _combine(full, _band_weights(per_band, np.arange(1, full.shape[2] + 1)))
             horizon = full.shape[2]
             steps = SCORE_STEPS[horizon >= SCORE_STEPS]
             stacked = np.full((len(rows), _SERVED + 1, len(SCORE_STEPS), 3), np.nan, np.float32)
@@ -280,9 +280,10 @@ class Guard:
         state = self._state(quantity)
         rows = state.rows(instances)
         stacked, available = _stack(candidates)
-        combined = _combine(stacked, self._weights(state, rows, available, update=True))
-        served = self._calibrate(state, rows, combined)
-        weights = _band_weights(self._last_weights, np.arange(1, stacked.shape[2] + 1))
+        weights = _band_weights(
+            self._weights(state, rows, available, update=True), np.arange(1, stacked.shape[2] + 1)
+        )
+        served = self._calibrate(state, rows, _combine(stacked, weights))
         primary = np.argmax(weights.sum(axis=1), axis=1)
         scores, samples = self._scores(state, rows)
         return Served(served, np.asarray(METHODS)[primary], scores, samples)
@@ -364,7 +365,6 @@ class Guard:
             incumbent = state.chosen[rows]
             self.switches += int(np.count_nonzero((incumbent >= 0) & (primary != incumbent)))
             state.chosen[rows] = primary
-            self._last_weights = weights
         return weights
 
     def _calibrate(self, state: _State, rows: np.ndarray, combined: np.ndarray) -> np.ndarray:
@@ -426,9 +426,9 @@ def _stack(candidates: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return stacked, np.isfinite(stacked).all(axis=(2, 3))
 
 
-def _combine(stacked: np.ndarray, per_band: np.ndarray) -> np.ndarray:
-    """Weighted quantile average (n, horizon, 3) of the candidates; NaN where none serves."""
-    weights = _band_weights(per_band, np.arange(1, stacked.shape[2] + 1))  # (n, H, M)
+def _combine(stacked: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted quantile average (n, horizon, 3) of the candidates by per-step weights
+    (n, horizon, M); NaN where none serves."""
     safe = np.where(np.isfinite(stacked), stacked, 0.0)
     combined = np.sort(np.einsum("nhm,nmhq->nhq", weights, safe), axis=-1)
     served_any = np.isfinite(stacked).all(axis=(2, 3)).any(axis=1)

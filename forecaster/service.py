@@ -225,7 +225,6 @@ class Service:
         step = self.contract.step_seconds
         end = self.window.end
         frame = self.window.frame()
-        self._check_units(frame)
         cleaned = clean(
             frame,
             self.quantities,
@@ -236,6 +235,7 @@ class Service:
             ),
         )
         self._clean_events.update(cleaned.counts)
+        self._check_units(cleaned)
         self._update_profiles(frame)
         model = self.holder.current if self.holder is not None else None
         result = forecast(
@@ -251,32 +251,21 @@ class Service:
         self._score(cleaned, result)
         return self._build(result, self.window.last_seen(), model.version if model else None)
 
-    def _check_units(self, frame: pd.DataFrame) -> None:
+    def _check_units(self, cleaned) -> None:
         """Name every series whose window lies mostly outside its quantity's domain (a
         percentage fed as a ratio is clipped to 1 by the cleaner): one log line when it starts
         and one when it ends, and an entry in `/status` while it lasts."""
         found: dict[str, str] = {}
-        for quantity in self.quantities:
-            low, high = quantity.domain
-            if quantity.name not in frame.columns or (low is None and high is None):
-                continue
-            values = pd.to_numeric(frame[quantity.name], errors="coerce")
-            outside = (values > (np.inf if high is None else high)) | (
-                values < (-np.inf if low is None else low)
-            )
-            stats = (
-                pd.DataFrame({"instance": frame["instance"], "out": outside, "v": values})
-                .dropna(subset=["v"])
-                .groupby("instance")
-                .agg(share=("out", "mean"), peak=("v", "max"), count=("v", "size"))
-            )
-            bad = stats[(stats["share"] > UNIT_MISTAKE_SHARE) & (stats["count"] >= 3)]
-            for instance, row in bad.iterrows():
-                found[f"{instance}/{quantity.name}"] = (
-                    f"{row['share']:.0%} of the window lies outside the domain "
+        by_name = {q.name: q for q in self.quantities}
+        if cleaned.outside is not None:
+            for r, c in zip(*np.nonzero(cleaned.outside > UNIT_MISTAKE_SHARE), strict=True):
+                quantity = by_name[cleaned.quantities[c]]
+                low, high = quantity.domain
+                found[f"{cleaned.instances[r]}/{quantity.name}"] = (
+                    f"{cleaned.outside[r, c]:.0%} of the window lies outside the domain "
                     f"[{low}, {high}] of {quantity.name} ({quantity.unit}; largest value "
-                    f"{row['peak']:.4g}): is the series in other units, e.g. percent instead "
-                    f"of a ratio? Values are clipped to the domain."
+                    f"{cleaned.peak[r, c]:.4g}): is the series in other units, e.g. percent "
+                    f"instead of a ratio? Values are clipped to the domain."
                 )
         for key in sorted(found.keys() - self._input_warnings.keys()):
             log.warning("input %s: %s", key, found[key])
