@@ -1,0 +1,152 @@
+"""`python -m training.ramp_study`: the ramp outlook alone as an alerting method, vs the baselines.
+
+The ramp outlook (`forecaster.trend.ramp_forecast`) needs no model, so it can be measured on
+every 5-minute origin of a history in seconds. For each quantity and each candidate window, a
+probability threshold and `for:` are chosen on the tuning history with the rule every baseline
+uses (`training.alert_replay.select`); the chosen setting is then applied, unchanged, to the
+evaluation history, beside the same tuned baselines as `training.evaluate` (static threshold,
+predict_linear). The ramp's probability is that of `forecaster.risk.breach_outlook` over 8 h
+against each quantity's critical threshold, on a window of 3 days, as the service holds.
+
+This measures one ingredient of the early-warning path, not the service's alerts: those also
+take the TFT's and the served forecast's probabilities (docs/EVALUATION.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forecaster.config import load_config
+from forecaster.heuristic import SEASON_STEPS
+from forecaster.risk import breach_outlook
+from forecaster.trend import ramp_forecast
+from training import alert_replay as ar
+from training.alert_methods import (
+    FOR_OPTIONS,
+    PROBABILITIES,
+    baseline_methods,
+    load_dataset,
+)
+from training.replay import first_origin
+
+log = logging.getLogger("training.ramp_study")
+HISTORY_STEPS = 3 * SEASON_STEPS
+HORIZON = 96
+WINDOWS = (12, 24, 48, 72)  # candidate fit windows in steps: 1 h, 2 h, 4 h, 6 h
+
+
+def ramp_probability(
+    y: np.ndarray, columns: np.ndarray, critical: float, window: int, step: int
+) -> np.ndarray:
+    """(N, origins) 8 h breach probability of the ramp outlook at each origin column."""
+    out = np.full((y.shape[0], columns.size), np.nan)
+    for k, c in enumerate(columns):
+        history = y[:, max(0, c + 1 - HISTORY_STEPS) : c + 1]
+        projected = ramp_forecast(history, HORIZON, (0.1, 0.5, 0.9), window=window)
+        probability, _ = breach_outlook(np.nan_to_num(projected, nan=-np.inf), critical, step)
+        out[:, k] = np.where(np.isfinite(projected).all(axis=(1, 2)), probability["8h"], 0.0)
+    return out
+
+
+def _choose(signal: np.ndarray, times: np.ndarray, events: ar.Events, step: int):
+    candidates, scores = [], []
+    for p in PROBABILITIES:
+        for for_s in FOR_OPTIONS:
+            firing = ar.hold_for(signal > p, ar.evaluations(for_s, step))
+            candidates.append({"probability": p, "for_s": for_s})
+            scores.append(ar.score(firing, times, events))
+    best = ar.select(scores)
+    return candidates[best], scores[best]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config([], {})
+    quantities = list(args.quantities)
+    thresholds = {q: config.thresholds[q].critical for q in quantities}
+    names = [q.name for q in config.targets(config.contract())]
+    tune, data = load_dataset(args.tune_data, names), load_dataset(args.data, names)
+    step = int(data.grid.times[1] - data.grid.times[0])
+    warmup = config.cycle.warmup_steps
+    result: dict[str, Any] = {
+        "tune_data": str(args.tune_data),
+        "data": str(args.data),
+        "tune_seed": tune.meta.get("seed"),
+        "seed": data.meta.get("seed"),
+        "ramp": {},
+        "baselines": {},
+    }
+    for quantity in quantities:
+        critical = thresholds[quantity]
+        picks = []
+        t_times = tune.grid.times[first_origin(tune.grid.times, warmup) :]
+        t_cols = np.searchsorted(tune.grid.times, t_times)
+        for window in WINDOWS:
+            signal = ramp_probability(tune.grid.column(quantity), t_cols, critical, window, step)
+            chosen, score = _choose(signal, t_times, tune.events(quantity), step)
+            picks.append((score, window, chosen))
+        best = ar.select([p[0] for p in picks])
+        tuning, window, chosen = picks[best]
+        e_times = data.grid.times[first_origin(data.grid.times, warmup) :]
+        e_cols = np.searchsorted(data.grid.times, e_times)
+        signal = ramp_probability(data.grid.column(quantity), e_cols, critical, window, step)
+        firing = ar.hold_for(signal > chosen["probability"], ar.evaluations(chosen["for_s"], step))
+        score = ar.score(firing, e_times, data.events(quantity))
+        result["ramp"][quantity] = {
+            "window_steps": window,
+            **chosen,
+            "tuning": _brief(tuning.summary()),
+            "evaluation": _brief(score.summary()),
+            "tuning_by_window": {w: _brief(s.summary()) for s, w, _ in picks},
+        }
+        log.info(
+            "%s: window %d %s tuning %s evaluation %s",
+            quantity,
+            window,
+            chosen,
+            _brief(tuning.summary()),
+            _brief(score.summary()),
+        )
+    e_times = data.grid.times[first_origin(data.grid.times, warmup) :]
+    for method in baseline_methods(tune, data, e_times, thresholds, warmup):
+        result["baselines"][method.name] = {
+            q: {
+                **method.params[q],
+                "evaluation": _brief(ar.score(f, e_times, data.events(q)).summary()),
+            }
+            for q, f in method.firing.items()
+        }
+    return result
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("recall", "precision", "caught", "incidents", "false", "false_per_node_day")
+    out = {k: summary.get(k) for k in keys}
+    out["median_lead_minutes"] = (summary.get("lead_minutes") or {}).get("median")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.ramp_study", description=__doc__)
+    parser.add_argument("--tune-data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument(
+        "--quantities", nargs="+", default=["memory_utilisation", "filesystem_utilisation"]
+    )
+    parser.add_argument("--json", type=Path, default=Path("docs/ramp_study.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    result = run(args)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    log.info("wrote %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
