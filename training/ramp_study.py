@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         picks = []
         t_times = tune.grid.times[first_origin(tune.grid.times, warmup) :]
         t_cols = np.searchsorted(tune.grid.times, t_times)
-        for window in WINDOWS:
+        for window in args.windows:
             signal = ramp_probability(tune.grid.column(quantity), t_cols, critical, window, step)
             chosen, score = _choose(signal, t_times, tune.events(quantity), step)
             picks.append((score, window, chosen))
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quantities", nargs="+", default=["memory_utilisation", "filesystem_utilisation"]
     )
+    parser.add_argument("--windows", nargs="+", type=int, default=list(WINDOWS), help="fit steps")
     parser.add_argument("--json", type=Path, default=Path("docs/ramp_study.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
