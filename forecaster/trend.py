@@ -13,9 +13,8 @@ towards normal (docs/EVALUATION.md). `ramp_forecast` extrapolates them instead:
   the fitted window and with the slope's own uncertainty.
 
 A series with fewer than half its window observed gets NaN (no ramp outlook). The projection
-is not served as the forecast: its accuracy in normal times is worse than the guard's choice.
-It enters the breach outlook (`forecaster.risk.alert_outlook`), where a ramp must warn even
-while the served forecast says it will level off.
+is not served as the forecast, and not yet used by the service's alerts: measured alone as an
+alert (`training.ramp_study`, docs/RAMP-study.md) it is no better than predict_linear yet.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from exporter.snapshot import QUANTILES
 from forecaster.config import load_config
-from forecaster.heuristic import SEASON_STEPS
 from forecaster.risk import breach_outlook
 from forecaster.trend import ramp_forecast
 from training import alert_replay as ar
@@ -34,22 +34,21 @@ from training.alert_methods import (
     baseline_methods,
     load_dataset,
 )
-from training.replay import first_origin
+from training.replay import HORIZON, first_origin
 
 log = logging.getLogger("training.ramp_study")
-HISTORY_STEPS = 3 * SEASON_STEPS
-HORIZON = 96
 WINDOWS = (12, 24, 48, 72)  # candidate fit windows in steps: 1 h, 2 h, 4 h, 6 h
 
 
 def ramp_probability(
-    y: np.ndarray, columns: np.ndarray, critical: float, window: int, step: int
+    y: np.ndarray, columns: np.ndarray, critical: float, window: int, *, step: int, held: int
 ) -> np.ndarray:
-    """(N, origins) 8 h breach probability of the ramp outlook at each origin column."""
+    """(N, origins) 8 h breach probability of the ramp outlook at each origin column, from
+    the last `held` steps (the service's history)."""
     out = np.full((y.shape[0], columns.size), np.nan)
     for k, c in enumerate(columns):
-        history = y[:, max(0, c + 1 - HISTORY_STEPS) : c + 1]
-        projected = ramp_forecast(history, HORIZON, (0.1, 0.5, 0.9), window=window)
+        history = y[:, max(0, c + 1 - held) : c + 1]
+        projected = ramp_forecast(history, HORIZON, QUANTILES, window=window)
         probability, _ = breach_outlook(np.nan_to_num(projected, nan=-np.inf), critical, step)
         out[:, k] = np.where(np.isfinite(projected).all(axis=(1, 2)), probability["8h"], 0.0)
     return out
@@ -74,6 +73,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tune, data = load_dataset(args.tune_data, names), load_dataset(args.data, names)
     step = int(data.grid.times[1] - data.grid.times[0])
     warmup = config.cycle.warmup_steps
+    held = int(config.guard.history // step)
+    t_times = tune.grid.times[first_origin(tune.grid.times, warmup) :]
+    t_cols = np.searchsorted(tune.grid.times, t_times)
+    e_times = data.grid.times[first_origin(data.grid.times, warmup) :]
+    e_cols = np.searchsorted(data.grid.times, e_times)
     result: dict[str, Any] = {
         "tune_data": str(args.tune_data),
         "data": str(args.data),
@@ -85,17 +89,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for quantity in quantities:
         critical = thresholds[quantity]
         picks = []
-        t_times = tune.grid.times[first_origin(tune.grid.times, warmup) :]
-        t_cols = np.searchsorted(tune.grid.times, t_times)
         for window in args.windows:
-            signal = ramp_probability(tune.grid.column(quantity), t_cols, critical, window, step)
+            signal = ramp_probability(
+                tune.grid.column(quantity), t_cols, critical, window, step=step, held=held
+            )
             chosen, score = _choose(signal, t_times, tune.events(quantity), step)
             picks.append((score, window, chosen))
         best = ar.select([p[0] for p in picks])
         tuning, window, chosen = picks[best]
-        e_times = data.grid.times[first_origin(data.grid.times, warmup) :]
-        e_cols = np.searchsorted(data.grid.times, e_times)
-        signal = ramp_probability(data.grid.column(quantity), e_cols, critical, window, step)
+        signal = ramp_probability(
+            data.grid.column(quantity), e_cols, critical, window, step=step, held=held
+        )
         firing = ar.hold_for(signal > chosen["probability"], ar.evaluations(chosen["for_s"], step))
         score = ar.score(firing, e_times, data.events(quantity))
         result["ramp"][quantity] = {
@@ -113,7 +117,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _brief(tuning.summary()),
             _brief(score.summary()),
         )
-    e_times = data.grid.times[first_origin(data.grid.times, warmup) :]
     for method in baseline_methods(tune, data, e_times, thresholds, warmup):
         result["baselines"][method.name] = {
             q: {
