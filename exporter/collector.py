@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter.snapshot import (
+    ALERT_THRESHOLD,
     FLEET_HEALTH,
     HORIZONS,
     METHODS,
@@ -215,7 +216,10 @@ def fleet_families(snapshot: Snapshot) -> Iterator[Metric]:
     )
     for (quantity, level), value in sorted(snapshot.thresholds.items()):
         _add(threshold, [quantity, level], value)
-    yield from (prob, health, high, total, threshold)
+    alert = _gauge(*ALERT_THRESHOLD)
+    for (quantity, severity), value in sorted(snapshot.alert_thresholds.items()):
+        _add(alert, [quantity, severity], value)
+    yield from (prob, health, high, total, threshold, alert)
 
 
 def instance_families(instances: list[InstanceSnapshot]) -> Iterator[Metric]:

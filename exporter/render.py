@@ -34,6 +34,7 @@ from exporter.collector import (
     state_gauges,
 )
 from exporter.snapshot import (
+    ALERT_THRESHOLD,
     FLEET_HEALTH,
     HORIZONS,
     METHODS,
@@ -327,7 +328,10 @@ def _fleet(out: list[str], snapshot: Snapshot, esc: _Escaper) -> None:
     )
     for (quantity, level), value in sorted(snapshot.thresholds.items()):
         threshold.add((esc(quantity), esc(level)), value)
-    for family in (prob, health, high, total, threshold):
+    alert = _Family(*ALERT_THRESHOLD)
+    for (quantity, severity), value in sorted(snapshot.alert_thresholds.items()):
+        alert.add((esc(quantity), esc(severity)), value)
+    for family in (prob, health, high, total, threshold, alert):
         family.write(out)
 
 

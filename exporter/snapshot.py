@@ -27,10 +27,19 @@ QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_LABELS = ("0.1", "0.5", "0.9")
 # Breach-probability windows: label -> steps covered from the origin.
 WINDOWS: Mapping[str, int] = MappingProxyType({"30m": 6, "8h": 96})
-METHODS = ("tft", "seasonal_mean", "seasonal_naive", "heuristic")
+# Methods the guard weighs (forecaster.guard), and every method that may serve a forecast:
+# those, and the ramp outlook of the capacity quantities (forecaster.trend).
+CANDIDATE_METHODS = ("tft", "seasonal_mean", "seasonal_naive", "heuristic")
+METHODS = (*CANDIDATE_METHODS, "ramp")
 PRIORITIES = ("P1", "P2", "P3")
 FLEET_HEALTH = ("healthy", "warning", "critical")
 THRESHOLD_LEVELS = ("warning", "critical")
+# The family the NodeForecast* rules compare breach probabilities with: (name, help, labels).
+ALERT_THRESHOLD = (
+    "forecaster_alert_probability_threshold",
+    "Breach probability above which the quantity's forecast alert of the severity fires.",
+    ["quantity", "severity"],
+)
 # Contract unit -> metric-name suffix (Prometheus base-unit naming).
 UNIT_SUFFIX: Mapping[str, str] = MappingProxyType(
     {"ratio": "ratio", "seconds": "seconds", "bytes_per_second": "bytes_per_second"}
@@ -175,6 +184,8 @@ class Snapshot:
     instances: Mapping[str, InstanceSnapshot]
     environment: Environment = EMPTY_ENVIRONMENT
     thresholds: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (q, level)
+    # (q, severity) -> breach probability above which its NodeForecast* alert fires
+    alert_thresholds: Mapping[tuple[str, str], float] = field(default_factory=dict)
     accuracy: tuple[Accuracy, ...] = ()
     units: Mapping[str, str] = field(default_factory=dict)  # quantity -> contract unit
     step_seconds: int = STEP_SECONDS

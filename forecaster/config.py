@@ -4,9 +4,9 @@
 one frozen, validated `Config`. Every scalar setting has a flag named after its YAML path
 (`prometheus.url` -> `--prometheus.url`, `web.listen_address` -> `--web.listen-address`) and an
 environment variable (`FORECASTER_PROMETHEUS_URL`, `FORECASTER_WEB_LISTEN_ADDRESS`); lists and
-maps (quantities, thresholds, risk tiers) come from YAML only. Durations are Prometheus strings
-(`90s`, `5m`, `1h30m`). Invalid input raises `ConfigError` naming the key; `__main__` turns it
-into exit code 2.
+maps (quantities, thresholds, early_warning, risk tiers) come from YAML only. Durations are
+Prometheus strings (`90s`, `5m`, `1h30m`). Invalid input raises `ConfigError` naming the key;
+`__main__` turns it into exit code 2.
 
 A sample YAML file::
 
@@ -27,6 +27,8 @@ A sample YAML file::
         domain: [0, null]
     thresholds:
       cpu_utilisation: {warning: 0.9, critical: 0.95}
+    early_warning:          # laid over the defaults field by field
+      memory_utilisation: {warning: 0.35, ramp_window: 6h, ramp_level: 0.85}
 """
 
 from __future__ import annotations
@@ -217,6 +219,44 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
 }
 
 
+class EarlyWarning(_Section):
+    """How the `NodeForecast*` alerts of one quantity are decided (docs/RAMP-study.md).
+
+    `warning` and `critical` are the breach probabilities above which the 8 h warning and the
+    30 min critical alert fire; the forecaster exports them as
+    `forecaster_alert_probability_threshold{quantity, severity}` and the rules compare with
+    that series, so this is the one place they are set. With `ramp_window`, the ramp outlook
+    (`forecaster.trend.ramp_takeover`) is fitted over that duration and serves where the last
+    value is above `ramp_level` x the critical threshold and it sees a breach as more likely.
+    """
+
+    warning: float = Field(0.5, gt=0.0, lt=1.0)
+    critical: float = Field(0.5, gt=0.0, lt=1.0)
+    ramp_window: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 0.0  # 0: off
+    ramp_level: float = Field(0.0, ge=0.0, le=2.0)
+
+
+# Tuned on the seed-2718 fleet by `training.ramp_study` (probability, level and fit window
+# chosen together; docs/RAMP-study.md), scored on fleets never used for it.
+DEFAULT_EARLY_WARNING: dict[str, dict[str, Any]] = {
+    "memory_utilisation": {"warning": 0.35, "ramp_window": "6h", "ramp_level": 0.85},
+    "filesystem_utilisation": {"warning": 0.5, "ramp_window": "6h", "ramp_level": 0.6},
+}
+
+
+def _early_warning(value: object) -> object:
+    """The defaults with the configured entries laid over them, field by field."""
+    if not isinstance(value, Mapping):
+        return value
+    merged = {q: dict(v) for q, v in DEFAULT_EARLY_WARNING.items()}
+    for quantity, entry in value.items():
+        if isinstance(entry, Mapping):
+            merged[quantity] = {**merged.get(quantity, {}), **entry}
+        else:
+            merged[quantity] = entry
+    return merged
+
+
 class RiskComponent(_Section):
     """One part of the seed's risk score: max p90 over `window` steps against tiers."""
 
@@ -260,13 +300,23 @@ class Config(_Section):
         default_factory=lambda: {k: Levels(**v) for k, v in DEFAULT_THRESHOLDS.items()}
     )
     risk: RiskSettings = RiskSettings()
+    early_warning: Annotated[dict[str, EarlyWarning], BeforeValidator(_early_warning)] = Field(
+        default_factory=lambda: {k: EarlyWarning(**v) for k, v in DEFAULT_EARLY_WARNING.items()}
+    )
 
     @model_validator(mode="after")
     def _names(self) -> Config:
         for name in self.custom_quantities:
             if not NAME_RE.match(name):
                 raise ValueError(f"custom quantity name {name!r} must match {NAME_RE.pattern}")
+        for name, rule in self.early_warning.items():
+            if rule.ramp_window and name not in self.thresholds:
+                raise ValueError(f"early_warning.{name}: a ramp needs thresholds.{name}")
         return self
+
+    def alerting(self, quantity: str) -> EarlyWarning:
+        """The early-warning settings of `quantity` (the defaults where none are set)."""
+        return self.early_warning.get(quantity, EarlyWarning())
 
     def contract(self) -> Contract:
         """The data contract (packaged v1 unless `contract_file`) plus the custom quantities."""
@@ -310,7 +360,13 @@ def _leaves(model: type[BaseModel], prefix: str = "") -> list[str]:
         if isinstance(annotation, type) and issubclass(annotation, _Section):
             if annotation not in (RiskSettings,):
                 paths += _leaves(annotation, f"{prefix}{name}.")
-        elif name not in ("quantities", "covariates", "custom_quantities", "thresholds"):
+        elif name not in (
+            "quantities",
+            "covariates",
+            "custom_quantities",
+            "thresholds",
+            "early_warning",
+        ):
             paths.append(f"{prefix}{name}")
     return paths
 

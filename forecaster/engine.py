@@ -7,7 +7,8 @@ forecast: masked, never invented), the last value and trend, and the model's top
 
 The model serves an instance when one is loaded, the instance has at least the model's minimum
 encoder length (and the configured warm-up) of history, and the model knows the quantity;
-anything else, and any row whose model output is not finite, gets the heuristic.
+anything else, and any row whose model output is not finite, gets the heuristic. Capacity
+quantities with a configured ramp outlook get its projection where it sees a breach sooner.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from forecaster.heuristic import (
     seasonal_naive_forecast,
 )
 from forecaster.risk import trend_per_hour
+from forecaster.trend import RampRule, ramp_takeover
 
 log = logging.getLogger(__name__)
 MAX_DRIVERS = 5
@@ -63,7 +65,7 @@ class ForecastSet:
     profiles: tuple[str, ...]
     lengths: NDArray[np.int64]
     forecasts: Mapping[str, NDArray[np.float64]]  # quantity -> (N, horizon, 3)
-    methods: Mapping[str, NDArray[np.str_]]  # quantity -> (N,) "tft" | "heuristic"
+    methods: Mapping[str, NDArray[np.str_]]  # quantity -> (N,) one of exporter.snapshot.METHODS
     available: Mapping[str, NDArray[np.bool_]]  # quantity -> (N,) observed in the window
     current: Mapping[str, NDArray[np.float64]]  # quantity -> (N,) last observed value
     trend: Mapping[str, NDArray[np.float64]]  # quantity -> (N,) units per hour
@@ -85,12 +87,15 @@ def forecast(
     step: int = 300,
     batch_factory: object = None,
     guard: Guard | None = None,
+    ramps: Mapping[str, RampRule] | None = None,
 ) -> ForecastSet:
     """Forecast every instance of `cleaned` (see the module docstring).
 
     Without a `guard` the TFT serves where it can and the heuristic everywhere else; with one,
     the guard picks per series among the candidates and recalibrates their bands
-    (`forecaster.guard`), after scoring its earlier records against this window.
+    (`forecaster.guard`), after scoring its earlier records against this window. Then, per
+    quantity of `ramps`, the ramp outlook replaces the forecast where it sees a breach sooner
+    (`forecaster.trend.ramp_takeover`; method "ramp").
     """
     n = len(cleaned.instances)
     names = [q.name for q in targets]
@@ -102,9 +107,10 @@ def forecast(
     scores: dict[str, NDArray[np.float64]] = {}
     if guard is None:
         for name in names:
-            tft = candidates[name].get("tft")
-            served = np.isfinite(tft).all(axis=(1, 2)) if tft is not None else np.zeros(n, bool)
-            out[name] = np.where(served[:, None, None], tft, candidates[name]["heuristic"])
+            heuristic = candidates[name]["heuristic"]
+            tft = candidates[name].get("tft", heuristic)
+            served = np.isfinite(tft).all(axis=(1, 2)) & ("tft" in candidates[name])
+            out[name] = np.where(served[:, None, None], tft, heuristic)
             methods[name] = np.where(served, "tft", "heuristic").astype("<U14")
     else:
         _guard_cycle(guard, cleaned, context, candidates, step)
@@ -114,6 +120,11 @@ def forecast(
             scores[name] = result.scores
     column = {name: i for i, name in enumerate(cleaned.quantities)}
     y = np.where(cleaned.observed, cleaned.values, np.nan)
+    for name, rule in (ramps or {}).items():
+        if name in out and n:
+            fan, take = ramp_takeover(y[:, :, column[name]], out[name], rule, QUANTILES, step)
+            out[name] = np.where(take[:, None, None], fan, out[name])
+            methods[name] = np.where(take, "ramp", methods[name]).astype("<U14")
     for quantity in targets:
         name = quantity.name
         bounded = clip_to_domain(out[name], _plausible(quantity, y[:, :, column[name]]))

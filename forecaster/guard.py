@@ -52,9 +52,9 @@ from typing import Any
 
 import numpy as np
 
-from exporter.snapshot import HORIZONS, QUANTILES
+from exporter.snapshot import CANDIDATE_METHODS, HORIZONS, QUANTILES
 
-METHODS = ("tft", "seasonal_mean", "seasonal_naive", "heuristic")
+METHODS = CANDIDATE_METHODS
 SCORE_STEPS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96])
 _LABELS = tuple(sorted(HORIZONS, key=HORIZONS.__getitem__))
 _BAND_STEPS = np.array([HORIZONS[label] for label in _LABELS])

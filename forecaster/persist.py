@@ -73,6 +73,7 @@ def save_snapshot(snapshot: Snapshot, directory: Path) -> Path:
         "instances": instances,
         "environment": vars(snapshot.environment),
         "thresholds": [[q, level, v] for (q, level), v in snapshot.thresholds.items()],
+        "alert_thresholds": [[q, s, v] for (q, s), v in snapshot.alert_thresholds.items()],
         "accuracy": [vars(a) for a in snapshot.accuracy],
         "units": dict(snapshot.units),
         "step_seconds": snapshot.step_seconds,
@@ -150,6 +151,9 @@ def _snapshot(meta: dict[str, Any], data: Any) -> Snapshot:
         instances=MappingProxyType(instances),
         environment=Environment(**meta["environment"]),
         thresholds=MappingProxyType({(q, lv): float(v) for q, lv, v in meta["thresholds"]}),
+        alert_thresholds=MappingProxyType(
+            {(q, s): float(v) for q, s, v in meta.get("alert_thresholds", [])}
+        ),
         accuracy=tuple(Accuracy(**a) for a in meta["accuracy"]),
         units=MappingProxyType(dict(meta["units"])),
         step_seconds=int(meta["step_seconds"]),

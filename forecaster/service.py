@@ -25,6 +25,7 @@ import pandas as pd
 
 from exporter.snapshot import (
     EMPTY_SNAPSHOT,
+    THRESHOLD_LEVELS,
     WINDOWS,
     Breach,
     InstanceSnapshot,
@@ -45,6 +46,7 @@ from forecaster.guard import METHODS as GUARD_METHODS
 from forecaster.guard import Guard, guard_params
 from forecaster.models import ModelHolder
 from forecaster.risk import breach_outlook, fleet_environment, risk_message, risk_scores
+from forecaster.trend import ramp_rules
 from forecaster.window import HistoryWindow
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,9 @@ class Service:
         step = self.contract.step_seconds
         settings = config.guard
         self.guard = Guard(guard_params(settings, step), step) if settings.enabled else None
-        held = max(CONTEXT_STEPS, int(settings.history // step)) if self.guard else CONTEXT_STEPS
+        self.ramps = ramp_rules(config, step)
+        long = self.guard is not None or bool(self.ramps)  # both read >= 2 seasons back
+        held = max(CONTEXT_STEPS, int(settings.history // step)) if long else CONTEXT_STEPS
         self.window = HistoryWindow(
             tuple(q.name for q in self.quantities),
             held,
@@ -246,6 +250,7 @@ class Service:
             min_steps=self.config.cycle.warmup_steps,
             step=step,
             guard=self.guard,
+            ramps=self.ramps,
         )
         self._clean_events.update(result.events)
         self._score(cleaned, result)
@@ -330,6 +335,13 @@ class Service:
                     (q, level): float(getattr(levels, level))
                     for q, levels in config.thresholds.items()
                     for level in ("warning", "critical")
+                }
+            ),
+            alert_thresholds=MappingProxyType(
+                {
+                    (q, severity): float(getattr(config.alerting(q), severity))
+                    for q in config.thresholds
+                    for severity in THRESHOLD_LEVELS
                 }
             ),
             accuracy=self.accuracy.summary(now),

@@ -12,20 +12,28 @@ towards normal (docs/EVALUATION.md). `ramp_forecast` extrapolates them instead:
   residual standard deviation (at least `min_sd`), so the band widens with the distance from
   the fitted window and with the slope's own uncertainty.
 
-A series with fewer than half its window observed gets NaN (no ramp outlook). The projection
-is not served as the forecast, and not yet used by the service's alerts: measured alone as an
-alert (`training.ramp_study`, docs/RAMP-study.md) it is no better than predict_linear yet.
+A series with fewer than half its window observed gets NaN (no ramp outlook).
+
+`ramp_takeover` is how the service uses it (configuration `early_warning`, per capacity
+quantity): where the last observed value is above the rule's level and the projection sees a
+breach of the critical threshold within 8 h as more likely than the served forecast does, the
+ramp's fan is served instead (method "ramp"), so that the breach probability, the time to
+breach and the fan a user sees all tell the same story. Alone the projection is no better than
+predict_linear; the level gate is what lifts its precision (docs/RAMP-study.md).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
 
+from forecaster.config import Config
 from forecaster.heuristic import SEASON_STEPS, forward_fill
+from forecaster.risk import breach_outlook
 
 MIN_SD = 1e-3
 """Floor of the residual standard deviation, in base units (a ratio: 0.1 percentage point)."""
@@ -77,6 +85,59 @@ def ramp_forecast(
     good = (count >= max(3, width // 2)) & (sxx > 0)
     out[good] = values[good]
     return out
+
+
+@dataclass(frozen=True)
+class RampRule:
+    """The ramp outlook of one quantity as the service serves it (`ramp_takeover`)."""
+
+    window_steps: int  # least-squares fit over this many steps
+    level: float  # base units: the last observed value must be above it
+    threshold: float  # base units: the critical threshold whose breach it looks for
+    window: str = "8h"  # the breach window compared with the served forecast's
+
+
+def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
+    """The configured ramp outlooks (`early_warning.<quantity>.ramp_window` > 0)."""
+    rules = {}
+    for name, settings in config.early_warning.items():
+        if settings.ramp_window > 0 and name in config.thresholds:
+            critical = config.thresholds[name].critical
+            rules[name] = RampRule(
+                window_steps=max(3, int(settings.ramp_window // step)),
+                level=settings.ramp_level * critical,
+                threshold=critical,
+            )
+    return rules
+
+
+def ramp_takeover(
+    y: np.ndarray, served: np.ndarray, rule: RampRule, quantiles: Sequence[float], step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ramp fan (N, H, Q), rows where it replaces `served`) for the (N, L) histories `y`:
+    rows whose last observed value is above `rule.level` and whose ramp breach probability
+    in `rule.window` exceeds that of `served` (NaN rows of `served` count as 0)."""
+    n, horizon = served.shape[0], served.shape[1]
+    fan = ramp_forecast(y, horizon, quantiles, window=rule.window_steps)
+    finite = np.isfinite(fan).all(axis=(1, 2))
+    last = _last_finite(y)
+    with np.errstate(invalid="ignore"):
+        gate = finite & (last > rule.level)
+    take = np.zeros(n, dtype=bool)
+    if not gate.any():
+        return fan, take
+    rows = np.flatnonzero(gate)
+    ramp_p, _ = breach_outlook(fan[rows], rule.threshold, step)
+    base = np.where(np.isfinite(served[rows]), served[rows], -np.inf)
+    served_p, _ = breach_outlook(base, rule.threshold, step)
+    take[rows] = ramp_p[rule.window] > served_p[rule.window]
+    return fan, take
+
+
+def _last_finite(y: np.ndarray) -> np.ndarray:
+    """The last finite value of each row of `y` (NaN for a row without any)."""
+    filled = forward_fill(np.asarray(y, dtype=np.float64))
+    return filled[:, -1] if filled.shape[1] else np.full(filled.shape[0], np.nan)
 
 
 def _usual_day(y: np.ndarray, horizon: int, season: int, seasons: int) -> np.ndarray:

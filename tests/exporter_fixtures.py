@@ -55,6 +55,12 @@ THRESHOLDS = MappingProxyType(
         ("request_latency_p95", "critical"): 0.5,
     }
 )
+ALERT_THRESHOLDS = MappingProxyType(
+    {
+        ("memory_utilisation", "warning"): 0.35,
+        ("memory_utilisation", "critical"): 0.5,
+    }
+)
 
 
 GUARD_SCORES = {"tft": 0.052, "seasonal_naive": 0.094}  # the guard's NQL per method
@@ -202,6 +208,7 @@ def fixed_snapshot() -> Snapshot:
             fleet_health="warning",
         ),
         thresholds=THRESHOLDS,
+        alert_thresholds=ALERT_THRESHOLDS,
         accuracy=(
             Accuracy("cpu_utilisation", "30m", 0.08, 0.81, 1200),
             Accuracy("cpu_utilisation", "8h", 0.15, 0.76, 900),

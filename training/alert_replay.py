@@ -7,6 +7,9 @@ row per instance, for one quantity.
 * `parse_forecast_rules` reads the `NodeForecast*` rules of `prometheus/rules/alerts.yml` whose
   expression is on `forecaster_breach_probability`, with a strict regex: any such rule of another
   shape raises `ValueError`; `NodeForecast*` rules on other metrics are returned as skipped.
+  A rule compares with a literal probability or with the exported
+  `forecaster_alert_probability_threshold{quantity, severity}`, whose value is the
+  configuration's (`early_warning`), as the forecaster exports it.
 * `hold_for`: Prometheus' `for:` on a condition evaluated once per origin. The forecast changes
   once per 5-minute step (the service's window ends on the grid), so Prometheus' 1-minute
   evaluations see a value that is constant between origins, and `for: D` holds at origin t when
@@ -35,7 +38,7 @@ import numpy as np
 import yaml
 from numpy.typing import NDArray
 
-from forecaster.config import parse_duration
+from forecaster.config import Config, parse_duration
 
 HOUR = 3600
 LOOKBACK = 8 * HOUR  # an alert counts as early warning up to 8 h before the breach
@@ -47,7 +50,11 @@ FORECAST_EXPR = re.compile(
     r"^max by \(instance, quantity\) \( "
     r'forecaster_breach_probability\{quantity="(?P<quantity>[a-z][a-z0-9_]*)",'
     r'window="(?P<window>[0-9]+[smhd])"\} '
-    r"\) (?P<op>>=?) (?P<threshold>[0-9]+(?:\.[0-9]+)?)$"
+    r"\) (?P<op>>=?) "
+    r"(?:(?P<threshold>[0-9]+(?:\.[0-9]+)?)"
+    r"|on \(quantity\) group_left \(\) max by \(quantity\) \( "
+    r'forecaster_alert_probability_threshold\{quantity="(?P=quantity)",'
+    r'severity="(?P<severity>[a-z]+)"\} \))$'
 )
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -73,8 +80,12 @@ class ForecastRule:
             return np.asarray(probability > self.threshold)
 
 
-def parse_forecast_rules(path: Path) -> tuple[tuple[ForecastRule, ...], tuple[str, ...]]:
-    """(the breach-probability rules of `path`, names of `NodeForecast*` rules not on it)."""
+def parse_forecast_rules(
+    path: Path, config: Config | None = None
+) -> tuple[tuple[ForecastRule, ...], tuple[str, ...]]:
+    """(the breach-probability rules of `path`, names of `NodeForecast*` rules not on it);
+    thresholds on the exported alert probability are `config`'s (default: the defaults)."""
+    config = config if config is not None else Config()
     document = yaml.safe_load(Path(path).read_text())
     rules, skipped = [], []
     for group in document.get("groups", []):
@@ -98,13 +109,23 @@ def parse_forecast_rules(path: Path) -> tuple[tuple[ForecastRule, ...], tuple[st
                     quantity=match["quantity"],
                     window=match["window"],
                     op=match["op"],
-                    threshold=float(match["threshold"]),
+                    threshold=_threshold(match, config),
                     for_seconds=parse_duration(rule["for"]),
                 )
             )
     if not rules:
         raise ValueError(f"{path}: no NodeForecast* rule on forecaster_breach_probability")
     return tuple(rules), tuple(skipped)
+
+
+def _threshold(match: re.Match[str], config: Config) -> float:
+    """The rule's literal probability, or the configured one it compares with."""
+    if match["threshold"] is not None:
+        return float(match["threshold"])
+    severity = match["severity"]
+    if severity not in ("warning", "critical"):
+        raise ValueError(f"unknown severity {severity!r} in the alert probability threshold")
+    return float(getattr(config.alerting(match["quantity"]), severity))
 
 
 def evaluations(for_seconds: float, step: int) -> int:

@@ -206,7 +206,7 @@ def _setup(args: argparse.Namespace) -> Setup:
     if loaded is None:
         raise SystemExit(f"no loadable model in {args.models_dir}")
     chain = Chain.of(config, loaded.predictor)
-    rules, skipped = ar.parse_forecast_rules(args.rules)
+    rules, skipped = ar.parse_forecast_rules(args.rules, config)
     names = [q.name for q in chain.quantities]
     data, tune = load_dataset(args.data, names), load_dataset(args.tune_data, names)
     by_quantity = dict(zip(data.incidents["quantity"], data.incidents["kind"], strict=True))

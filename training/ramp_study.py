@@ -38,6 +38,9 @@ from training.replay import HORIZON, first_origin
 
 log = logging.getLogger("training.ramp_study")
 WINDOWS = (12, 24, 48, 72)  # candidate fit windows in steps: 1 h, 2 h, 4 h, 6 h
+# Level gates: the alert also needs the current value above factor x the critical threshold
+# (node-mixin's fill-up alerts pair predict_linear with such a level); 0 is no gate.
+LEVELS = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 def ramp_probability(
@@ -54,13 +57,24 @@ def ramp_probability(
     return out
 
 
-def _choose(signal: np.ndarray, times: np.ndarray, events: ar.Events, step: int):
+def ramp_firing(
+    signal: np.ndarray, current: np.ndarray, chosen: dict[str, float], *, critical: float, step: int
+) -> np.ndarray:
+    """(N, origins) firing of the ramp alert: probability and level conditions, held `for`."""
+    with np.errstate(invalid="ignore"):
+        condition = (signal > chosen["probability"]) & (current > chosen["level"] * critical)
+    return ar.hold_for(condition, ar.evaluations(chosen["for_s"], step))
+
+
+def _choose(signal, current, times, events: ar.Events, *, critical: float, step: int, levels):
     candidates, scores = [], []
-    for p in PROBABILITIES:
-        for for_s in FOR_OPTIONS:
-            firing = ar.hold_for(signal > p, ar.evaluations(for_s, step))
-            candidates.append({"probability": p, "for_s": for_s})
-            scores.append(ar.score(firing, times, events))
+    for level in levels:
+        for p in PROBABILITIES:
+            for for_s in FOR_OPTIONS:
+                chosen = {"probability": p, "level": level, "for_s": for_s}
+                firing = ramp_firing(signal, current, chosen, critical=critical, step=step)
+                candidates.append(chosen)
+                scores.append(ar.score(firing, times, events))
     best = ar.select(scores)
     return candidates[best], scores[best]
 
@@ -89,18 +103,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for quantity in quantities:
         critical = thresholds[quantity]
         picks = []
+        t_y = tune.grid.column(quantity)
         for window in args.windows:
-            signal = ramp_probability(
-                tune.grid.column(quantity), t_cols, critical, window, step=step, held=held
+            signal = ramp_probability(t_y, t_cols, critical, window, step=step, held=held)
+            chosen, score = _choose(
+                signal,
+                t_y[:, t_cols],
+                t_times,
+                tune.events(quantity),
+                critical=critical,
+                step=step,
+                levels=args.levels,
             )
-            chosen, score = _choose(signal, t_times, tune.events(quantity), step)
             picks.append((score, window, chosen))
         best = ar.select([p[0] for p in picks])
         tuning, window, chosen = picks[best]
-        signal = ramp_probability(
-            data.grid.column(quantity), e_cols, critical, window, step=step, held=held
-        )
-        firing = ar.hold_for(signal > chosen["probability"], ar.evaluations(chosen["for_s"], step))
+        e_y = data.grid.column(quantity)
+        signal = ramp_probability(e_y, e_cols, critical, window, step=step, held=held)
+        firing = ramp_firing(signal, e_y[:, e_cols], chosen, critical=critical, step=step)
         score = ar.score(firing, e_times, data.events(quantity))
         result["ramp"][quantity] = {
             "window_steps": window,
@@ -143,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         "--quantities", nargs="+", default=["memory_utilisation", "filesystem_utilisation"]
     )
     parser.add_argument("--windows", nargs="+", type=int, default=list(WINDOWS), help="fit steps")
+    parser.add_argument(
+        "--levels", nargs="+", type=float, default=list(LEVELS), help="level gate factors"
+    )
     parser.add_argument("--json", type=Path, default=Path("docs/ramp_study.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")

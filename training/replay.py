@@ -1,12 +1,15 @@
 """Replay a history file through the forecaster's own path, one 5-minute origin at a time.
 
-At every origin t the WIDE frame of the 24 h ending at t goes through what `Service` runs each
-cycle (`forecaster.service.Service._forecast_and_build` and `_build`): `clean` with the
-service's `CleanConfig`, `engine.forecast` with the loaded model, the forecasts masked where a
-quantity is absent, and `risk.breach_outlook` against each quantity's critical threshold: the
-values the service exports as `forecaster_breach_probability{quantity, window}`.
-`service_check` runs the real `Service.run_cycle` on a source that answers `query_range` from
-the same history at a few origins and reports the largest difference.
+At every origin t the WIDE frame of the history the service holds ending at t (24 h; 3 days
+where a ramp outlook is configured, which reads the days before) goes through what `Service`
+runs each cycle with the guard off (`forecaster.service.Service._forecast_and_build` and
+`_build`): `clean` with the service's `CleanConfig`, `engine.forecast` with the loaded model
+and the configured ramp outlooks, the forecasts masked where a quantity is absent, and
+`risk.breach_outlook` against each quantity's critical threshold: the values the service
+exports as `forecaster_breach_probability{quantity, window}`. `service_check` runs the real
+`Service.run_cycle` on a source that answers `query_range` from the same history at a few
+origins (as many cycles as the service takes to backfill what it holds) and reports the
+largest difference.
 
 Besides the probabilities the replay keeps what the report needs and no more: per quantity and
 horizon, how often the actual value fell below p10, p50 and p90 (calibration), and the full
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -35,6 +39,7 @@ from forecaster.contract import Quantity
 from forecaster.engine import forecast
 from forecaster.frames import RangeResult
 from forecaster.risk import breach_outlook
+from forecaster.trend import RampRule, ramp_rules
 
 log = logging.getLogger(__name__)
 CONTEXT_STEPS = 288
@@ -114,6 +119,8 @@ class Chain:
     targets: tuple[Quantity, ...]
     predictor: Any
     step: int = 300
+    ramps: Mapping[str, RampRule] = field(default_factory=dict)
+    context_steps: int = CONTEXT_STEPS
 
     @classmethod
     def of(cls, config: Config, predictor: Any) -> Chain:
@@ -122,7 +129,10 @@ class Chain:
         targets = config.targets(contract)
         covariates = config.covariate_quantities(contract)
         quantities = targets + tuple(q for q in covariates if q not in targets)
-        return cls(config, quantities, targets, predictor, contract.step_seconds)
+        step = contract.step_seconds
+        ramps = ramp_rules(config, step)
+        held = max(CONTEXT_STEPS, int(config.guard.history // step)) if ramps else CONTEXT_STEPS
+        return cls(config, quantities, targets, predictor, step, ramps, held)
 
     def outlook(self, frame: pd.DataFrame, end: int, profiles: Mapping[str, str]):
         """(ForecastSet, masked forecasts, quantity -> window -> probability) at origin `end`."""
@@ -131,10 +141,16 @@ class Chain:
             frame,
             self.quantities,
             pd.Timestamp(end, unit="s", tz="UTC"),
-            CleanConfig(context_steps=CONTEXT_STEPS, min_steps=warmup),
+            CleanConfig(context_steps=self.context_steps, min_steps=warmup),
         )
         result = forecast(
-            cleaned, self.targets, profiles, self.predictor, min_steps=warmup, step=self.step
+            cleaned,
+            self.targets,
+            profiles,
+            self.predictor,
+            min_steps=warmup,
+            step=self.step,
+            ramps=self.ramps,
         )
         forecasts = {
             name: np.where(result.available[name][:, None, None], values, np.nan)
@@ -175,7 +191,7 @@ def replay(
     state = _empty(grid.instances, chain, at, int(start))
     profiles = dict(zip(grid.instances, grid.profiles, strict=True))
     row_of = {name: i for i, name in enumerate(grid.instances)}
-    lo = np.searchsorted(seconds, at - CONTEXT_STEPS * chain.step, side="right")
+    lo = np.searchsorted(seconds, at - chain.context_steps * chain.step, side="right")
     hi = np.searchsorted(seconds, at, side="right")
     kept: dict[str, list] = {}
     began = time.perf_counter()
@@ -291,11 +307,15 @@ def service_check(
     source = HistorySource(wide, chain.quantities)
     picks = np.unique(np.linspace(0, state.times.size - 1, count + 2)[1:-1].astype(int))
     worst, compared = 0.0, 0
+    guard = chain.config.guard.model_copy(update={"enabled": False})  # as the replay runs
+    config = chain.config.model_copy(update={"guard": guard})
     for k in picks:
-        service = Service(chain.config, source, holder, lambda snapshot, service_state: None)
+        service = Service(config, source, holder, lambda snapshot, service_state: None)
         source.at = float(state.times[k]) + 30.0
-        if not service.run_cycle():
-            raise RuntimeError(f"Service.run_cycle failed at origin {state.times[k]}")
+        chunk = max(1.0, config.guard.backfill_chunk)
+        for _ in range(1 + math.ceil(chain.context_steps * chain.step / chunk)):  # backfill it
+            if not service.run_cycle():
+                raise RuntimeError(f"Service.run_cycle failed at origin {state.times[k]}")
         for name, instance in service.snapshot.instances.items():
             row = state.instances.index(name)
             for q, breach in instance.breaches.items():

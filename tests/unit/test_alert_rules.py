@@ -47,8 +47,6 @@ RECEIVERS_BY_SEVERITY = {
 }
 ALERT_NAME = re.compile(r"^(?:NodeForecast|Fleet|Forecaster|Forecast)[A-Z][A-Za-z0-9]+$|^Watchdog$")
 FORECAST_WINDOWS = {"warning": "8h", "critical": "30m"}
-# Forecast alerts fire when the breach is more likely than not (the p50 crosses the threshold).
-BREACH_PROBABILITY = 0.5
 
 
 # --- parsing helpers ---------------------------------------------------------------------------
@@ -118,7 +116,8 @@ def expected_numbers() -> dict[str, set[float]]:
     from forecaster.risk import DEFAULT_FLEET_RULES
 
     config = Config()
-    expected = {rule_id(r): {BREACH_PROBABILITY} for r in forecast_rules()}
+    # forecast alerts compare with the exported forecaster_alert_probability_threshold: no number
+    expected: dict[str, set[float]] = {rule_id(r): set() for r in forecast_rules()}
     expected |= {
         "NodeForecastRiskHigh/critical": {config.risk.p1},
         "NodeForecastRiskHigh/warning": {config.risk.p2},
@@ -188,6 +187,37 @@ def test_thresholds_in_promtool_inputs_are_the_configured_ones() -> None:
         assert value == getattr(thresholds[quantity], level), series
         seen.add((quantity, level))
     assert seen == {(q, level) for q in thresholds for level in ("warning", "critical")}
+
+
+def test_alert_probabilities_in_promtool_inputs_are_the_configured_ones() -> None:
+    """Every promtool case of a forecast alert feeds the configured alert probabilities."""
+    config = Config()
+    expected = {
+        (q, s): getattr(config.alerting(q), s) for q in config.thresholds for s in FORECAST_WINDOWS
+    }
+    for path in RULE_TEST_FILES:
+        for case in load_yaml(path).get("tests", []):
+            series = [s["series"] for s in case.get("input_series", [])]
+            alerts = {t.get("alertname") for t in case.get("alert_rule_test", [])}
+            if not alerts & {r["alert"] for r in forecast_rules()}:
+                continue
+            fed = {}
+            for item in case["input_series"]:
+                if item["series"].startswith("forecaster_alert_probability_threshold{"):
+                    labels = dict(re.findall(r'(\w+)="([^"]*)"', item["series"]))
+                    value = float(str(item["values"]).split("x")[0])
+                    fed[(labels["quantity"], labels["severity"])] = value
+            assert fed == expected, f"{path.name}: {series[0]}"
+
+
+def test_forecast_alerts_compare_with_the_threshold_of_their_quantity_and_severity() -> None:
+    for rule in forecast_rules():
+        quantity, severity = quantity_of(rule), rule["labels"]["severity"]
+        selector = (
+            f'forecaster_alert_probability_threshold{{quantity="{quantity}",severity="{severity}"}}'
+        )
+        assert selector in rule["expr"], rule_id(rule)
+        assert "> on (quantity) group_left ()" in " ".join(rule["expr"].split()), rule_id(rule)
 
 
 def test_every_thresholded_quantity_has_a_warning_and_a_critical_forecast_alert() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from forecaster.config import Config
 from training import alert_replay as ar
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,10 +112,20 @@ def test_real_alert_rules_yield_eight_forecast_rules_with_their_windows_and_for(
     }
     for r in rules:
         assert r.alert.startswith("NodeForecast")
-        assert (r.op, r.threshold) == (">", 0.5)
+        configured = getattr(Config().alerting(r.quantity), r.severity)
+        assert (r.op, r.threshold) == (">", configured)
         expected = {"8h": ("warning", 600.0), "30m": ("critical", 300.0)}[r.window]
         assert (r.severity, r.for_seconds) == expected
     assert all("NodeForecastRiskHigh" in s for s in skipped) and skipped
+
+
+def test_forecast_rules_read_the_configured_alert_probability():
+    config = Config(early_warning={"cpu_utilisation": {"warning": 0.7}})
+    rules, _ = ar.parse_forecast_rules(RULES, config)
+    by = {(r.quantity, r.severity): r.threshold for r in rules}
+    assert by[("cpu_utilisation", "warning")] == 0.7
+    assert by[("cpu_utilisation", "critical")] == 0.5
+    assert by[("memory_utilisation", "warning")] == 0.35  # the default laid under
 
 
 def test_a_forecast_rule_of_another_shape_fails_loudly(tmp_path):

@@ -103,7 +103,18 @@ def test_exposition_parses_back_with_the_snapshot_values():
     assert families["forecaster_cycles"].type == "counter"
     assert families["forecaster_risk_score"].type == "gauge"
     methods = {s.labels["method"]: s.value for s in families["forecaster_series"].samples}
-    assert methods == {"tft": 2.0, "seasonal_mean": 0.0, "seasonal_naive": 0.0, "heuristic": 1.0}
+    assert methods == {
+        "tft": 2.0,
+        "seasonal_mean": 0.0,
+        "seasonal_naive": 0.0,
+        "heuristic": 1.0,
+        "ramp": 0.0,
+    }
+    alert = families["forecaster_alert_probability_threshold"].samples
+    assert {(s.labels["quantity"], s.labels["severity"]): s.value for s in alert} == {
+        ("memory_utilisation", "warning"): 0.35,
+        ("memory_utilisation", "critical"): 0.5,
+    }
     latency = families[metric_name("request_latency_p95", "seconds")]
     assert {s.labels["instance"] for s in latency.samples} == {"ppdb001", "ppweb001"}
 

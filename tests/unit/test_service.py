@@ -27,6 +27,8 @@ TARGETS = (
 
 
 NO_GUARD = ("--guard.enabled", "false")
+NO_RAMPS = Path(__file__).parent.parent / "golden" / "config-no-ramps.yml"
+PLAIN = (*NO_GUARD, "--config.file", str(NO_RAMPS))  # neither reads back further than 24 h
 
 
 def make_service(source, argv=(), holder=None):
@@ -66,7 +68,7 @@ def test_first_cycle_serves_baseline_forecasts_for_every_instance_and_target():
 
 def test_second_cycle_fetches_only_the_new_steps():
     source = FakeSource(FLEET)
-    service, _ = make_service(source, NO_GUARD)
+    service, _ = make_service(source, PLAIN)
     service.run_cycle()
     full = {(s, e) for _, s, e in source.requests}
     assert all((e - s) / 300 + 1 == 288 for s, e in full)
@@ -79,7 +81,7 @@ def test_second_cycle_fetches_only_the_new_steps():
 
 def test_gap_longer_than_the_window_refetches_everything():
     source = FakeSource(FLEET)
-    service, _ = make_service(source, NO_GUARD)
+    service, _ = make_service(source, PLAIN)
     service.run_cycle()
     source.requests.clear()
     advance(source, 25 * 3600)
