@@ -309,10 +309,27 @@ class Config(_Section):
         for name in self.custom_quantities:
             if not NAME_RE.match(name):
                 raise ValueError(f"custom quantity name {name!r} must match {NAME_RE.pattern}")
-        for name, rule in self.early_warning.items():
-            if rule.ramp_window and name not in self.thresholds:
-                raise ValueError(f"early_warning.{name}: a ramp needs thresholds.{name}")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ramps_have_thresholds(cls, data: Any) -> Any:
+        """A ramp the user configures needs that quantity's thresholds; a default ramp of a
+        quantity without thresholds is left out (`forecaster.trend.ramp_rules`)."""
+        if not isinstance(data, Mapping):
+            return data
+        entries, thresholds = data.get("early_warning"), data.get("thresholds")
+        if not isinstance(entries, Mapping) or not isinstance(thresholds, Mapping):
+            return data
+        for name, entry in entries.items():
+            if isinstance(entry, Mapping) and name not in thresholds:
+                try:
+                    window = parse_duration(entry.get("ramp_window", 0))
+                except ValueError:
+                    continue  # the field's own validation names it
+                if window > 0:
+                    raise ValueError(f"early_warning.{name}: a ramp needs thresholds.{name}")
+        return data
 
     def alerting(self, quantity: str) -> EarlyWarning:
         """The early-warning settings of `quantity` (the defaults where none are set)."""

@@ -95,6 +95,7 @@ class RampRule:
     level: float  # base units: the last observed value must be above it
     threshold: float  # base units: the critical threshold whose breach it looks for
     window: str = "8h"  # the breach window compared with the served forecast's
+    z: float = 0.0  # the deviation from the usual day must be this unusual (0: no such gate)
 
 
 def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
@@ -123,6 +124,8 @@ def ramp_takeover(
     last = _last_finite(y)
     with np.errstate(invalid="ignore"):
         gate = finite & (last > rule.level)
+        if rule.z > 0:
+            gate &= deviation_z(y, recent=rule.window_steps) > rule.z
     take = np.zeros(n, dtype=bool)
     if not gate.any():
         return fan, take
@@ -132,6 +135,27 @@ def ramp_takeover(
     served_p, _ = breach_outlook(base, rule.threshold, step)
     take[rows] = ramp_p[rule.window] > served_p[rule.window]
     return fan, take
+
+
+def deviation_z(
+    y: np.ndarray, *, recent: int, season: int = SEASON_STEPS, seasons: int = 3, now: int = 3
+) -> np.ndarray:
+    """(N,) how unusual the last `now` steps' deviation from the usual day is: its mean minus
+    the median deviation before the last `recent` steps, over their robust spread (1.4826 x
+    MAD, at least `MIN_SD`). NaN where no earlier day or no reference is held."""
+    y = np.asarray(y, dtype=np.float64)
+    n, length = y.shape
+    out = np.full(n, np.nan)
+    if n == 0 or length <= recent + now:
+        return out
+    deviation = y - _usual_day(y, 0, season, seasons)[:, :length]
+    reference = deviation[:, : length - recent]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN, no warning
+        centre = np.nanmedian(reference, axis=1)
+        spread = 1.4826 * np.nanmedian(np.abs(reference - centre[:, None]), axis=1)
+        latest = np.nanmean(deviation[:, -now:], axis=1)
+    return (latest - centre) / np.maximum(np.nan_to_num(spread, nan=MIN_SD), MIN_SD)
 
 
 def _last_finite(y: np.ndarray) -> np.ndarray:

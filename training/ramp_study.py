@@ -26,7 +26,7 @@ import numpy as np
 from exporter.snapshot import QUANTILES
 from forecaster.config import load_config
 from forecaster.risk import breach_outlook
-from forecaster.trend import ramp_forecast
+from forecaster.trend import deviation_z, ramp_forecast
 from training import alert_replay as ar
 from training.alert_methods import (
     FOR_OPTIONS,
@@ -41,37 +41,51 @@ WINDOWS = (12, 24, 48, 72)  # candidate fit windows in steps: 1 h, 2 h, 4 h, 6 h
 # Level gates: the alert also needs the current value above factor x the critical threshold
 # (node-mixin's fill-up alerts pair predict_linear with such a level); 0 is no gate.
 LEVELS = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
+# Deviation gates: the deviation from the usual day must be this many robust spreads above
+# its earlier median (`forecaster.trend.deviation_z`); 0 is no gate.
+ZS = (0.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 def ramp_probability(
     y: np.ndarray, columns: np.ndarray, critical: float, window: int, *, step: int, held: int
-) -> np.ndarray:
-    """(N, origins) 8 h breach probability of the ramp outlook at each origin column, from
-    the last `held` steps (the service's history)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, origins) 8 h breach probability of the ramp outlook at each origin column, and
+    the deviation's z (`deviation_z`), from the last `held` steps (the service's history)."""
     out = np.full((y.shape[0], columns.size), np.nan)
+    z = np.full((y.shape[0], columns.size), np.nan)
     for k, c in enumerate(columns):
         history = y[:, max(0, c + 1 - held) : c + 1]
         projected = ramp_forecast(history, HORIZON, QUANTILES, window=window)
         probability, _ = breach_outlook(np.nan_to_num(projected, nan=-np.inf), critical, step)
         out[:, k] = np.where(np.isfinite(projected).all(axis=(1, 2)), probability["8h"], 0.0)
-    return out
+        z[:, k] = deviation_z(history, recent=window)
+    return out, z
 
 
 def ramp_firing(
-    signal: np.ndarray, current: np.ndarray, chosen: dict[str, float], *, critical: float, step: int
+    signal: tuple[np.ndarray, np.ndarray],
+    current: np.ndarray,
+    chosen: dict[str, float],
+    *,
+    critical: float,
+    step: int,
 ) -> np.ndarray:
-    """(N, origins) firing of the ramp alert: probability and level conditions, held `for`."""
+    """(N, origins) firing of the ramp alert: probability, level and deviation conditions,
+    held `for`."""
+    probability, z = signal
     with np.errstate(invalid="ignore"):
-        condition = (signal > chosen["probability"]) & (current > chosen["level"] * critical)
+        condition = (probability > chosen["probability"]) & (current > chosen["level"] * critical)
+        if chosen["z"] > 0:
+            condition &= z > chosen["z"]
     return ar.hold_for(condition, ar.evaluations(chosen["for_s"], step))
 
 
-def _choose(signal, current, times, events: ar.Events, *, critical: float, step: int, levels):
+def _choose(signal, current, times, events: ar.Events, *, critical: float, step: int, gates):
     candidates, scores = [], []
-    for level in levels:
+    for level, z in gates:
         for p in PROBABILITIES:
             for for_s in FOR_OPTIONS:
-                chosen = {"probability": p, "level": level, "for_s": for_s}
+                chosen = {"probability": p, "level": level, "z": z, "for_s": for_s}
                 firing = ramp_firing(signal, current, chosen, critical=critical, step=step)
                 candidates.append(chosen)
                 scores.append(ar.score(firing, times, events))
@@ -113,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 tune.events(quantity),
                 critical=critical,
                 step=step,
-                levels=args.levels,
+                gates=[(level, z) for level in args.levels for z in args.zs],
             )
             picks.append((score, window, chosen))
         best = ar.select([p[0] for p in picks])
@@ -166,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--levels", nargs="+", type=float, default=list(LEVELS), help="level gate factors"
     )
+    parser.add_argument("--zs", nargs="+", type=float, default=list(ZS), help="deviation gates")
     parser.add_argument("--json", type=Path, default=Path("docs/ramp_study.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")

@@ -1,11 +1,14 @@
-"""The ramp outlook (`forecaster.trend.ramp_forecast`)."""
+"""The ramp outlook (`forecaster.trend`): the projection, its takeover and its configuration."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from pydantic import ValidationError
 
+from forecaster.config import Config
 from forecaster.heuristic import SEASON_STEPS
-from forecaster.trend import MIN_SD, ramp_forecast
+from forecaster.trend import MIN_SD, RampRule, ramp_forecast, ramp_rules, ramp_takeover
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -50,3 +53,74 @@ def test_too_little_history_or_no_rows_give_nan_not_errors() -> None:
     assert np.isnan(ramp_forecast(y, 12, QUANTILES, window=72)).all()
     assert ramp_forecast(np.zeros((0, 50)), 12, QUANTILES, window=72).shape == (0, 12, 3)
     assert np.isnan(ramp_forecast(np.zeros((1, 2)), 12, QUANTILES, window=72)).all()
+
+
+RULE = RampRule(window_steps=72, level=0.8, threshold=0.95)
+
+
+def _leaking(level_at_origin: float) -> np.ndarray:
+    """Three usual days, then 5 h rising to `level_at_origin` (NaN-free, one row)."""
+    y = _daily(3, level=0.55, swing=0.05)[None, : 2 * SEASON_STEPS + 200].copy()
+    rise = level_at_origin - y[0, -1]
+    y[0, -60:] += rise * np.arange(1, 61) / 60
+    return y
+
+
+def _flat_served(y: np.ndarray) -> np.ndarray:
+    """A served forecast that stays at the last value with a narrow band (mean reversion)."""
+    last = y[:, -1:, None]
+    return np.broadcast_to(last + np.array([-0.02, 0.0, 0.02]), (y.shape[0], 96, 3)).copy()
+
+
+def test_the_ramp_takes_over_a_flat_forecast_of_a_leak_above_the_level() -> None:
+    y = _leaking(0.85)
+    fan, take = ramp_takeover(y, _flat_served(y), RULE, QUANTILES, 300)
+    assert take.tolist() == [True]
+    assert fan[0, -1, 1] > 0.95  # the projection passes the threshold within 8 h
+
+
+def test_below_the_level_the_served_forecast_stays() -> None:
+    y = _leaking(0.75)
+    fan, take = ramp_takeover(y, _flat_served(y), RULE, QUANTILES, 300)
+    assert np.isfinite(fan).all() and take.tolist() == [False]
+
+
+def test_a_served_forecast_that_already_sees_the_breach_stays() -> None:
+    y = _leaking(0.85)
+    served = np.full((1, 96, 3), 0.99)  # certain breach from the first step
+    _, take = ramp_takeover(y, served, RULE, QUANTILES, 300)
+    assert take.tolist() == [False]
+
+
+def test_missing_served_rows_and_short_histories_do_not_take_over_or_fail() -> None:
+    y = np.vstack([_leaking(0.85), np.full((1, _leaking(0.85).shape[1]), np.nan)])
+    served = np.full((2, 96, 3), np.nan)
+    _, take = ramp_takeover(y, served, RULE, QUANTILES, 300)
+    assert take.tolist() == [True, False]  # a NaN served forecast counts as no breach
+    _, none = ramp_takeover(np.zeros((0, 10)), np.zeros((0, 96, 3)), RULE, QUANTILES, 300)
+    assert none.shape == (0,)
+
+
+def test_configured_ramp_rules_follow_the_critical_threshold() -> None:
+    config = Config(
+        thresholds={"memory_utilisation": {"warning": 0.8, "critical": 0.9}},
+        early_warning={"filesystem_utilisation": {"ramp_window": "0s"}},
+    )
+    rules = ramp_rules(config, 300)
+    assert set(rules) == {"memory_utilisation"}  # filesystem switched off
+    rule = rules["memory_utilisation"]
+    assert rule.window_steps == 72 and rule.threshold == 0.9
+    assert rule.level == 0.85 * 0.9  # the default level factor laid under
+
+
+def test_a_ramp_without_a_threshold_is_a_configuration_error() -> None:
+    with pytest.raises(ValidationError, match="a ramp needs thresholds"):
+        Config(
+            thresholds={"cpu_utilisation": {"warning": 0.9, "critical": 0.95}},
+            early_warning={"memory_utilisation": {"ramp_window": "6h"}},
+        )
+
+
+def test_a_default_ramp_of_a_quantity_without_thresholds_is_left_out() -> None:
+    config = Config(thresholds={"cpu_utilisation": {"warning": 0.9, "critical": 0.95}})
+    assert ramp_rules(config, 300) == {}
