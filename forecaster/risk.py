@@ -30,6 +30,9 @@ FloatArray = NDArray[np.float64]
 MAX_SCORE = 100.0
 TREND_STEPS = 12  # the last hour on the 5-minute grid
 _TINY = np.finfo(np.float64).tiny  # zero-width segments divide by this: a step, no warning
+# Exponential tails beyond p10 and p90 whose density meets the adjacent segment's there
+# (0.4 / width = 0.1 x rate / width): P(value > t) = 0.1 exp(-4 (t - p90) / (p90 - p50)).
+TAIL_RATE = 4.0
 CHUNK_ROWS = 8192  # rows per block in `breach_probability`, to stay in cache
 
 
@@ -163,11 +166,13 @@ def breach_probability(forecast: np.ndarray, threshold: float | np.ndarray) -> F
     """P(value > threshold) per instance and step, (N, H), from the three quantiles.
 
     The CDF is piecewise linear through (p10, 0.1), (p50, 0.5), (p90, 0.9); beyond p10 and p90
-    it goes on with the slope of the adjacent segment until it reaches 0 and 1 (so the tails
-    span a quarter of the adjacent segment's width). That is, with t the threshold,
-    P = 0.5 - 0.4 (t - p50) / (p50 - p10) below p50 and 0.5 - 0.4 (t - p50) / (p90 - p50) from
-    p50 on, clipped to [0, 1]. A zero-width segment is a point mass at its point (a step,
-    no division by zero): equal quantiles p give 1 below p and 0 from p on. Crossing
+    it has exponential tails whose density meets the adjacent segment's (`TAIL_RATE`), so a
+    threshold far above p90 keeps a small, falling probability instead of none. That is, with
+    t the threshold, P = 0.5 - 0.4 (t - p50) / (p50 - p10) between p10 and p50,
+    0.5 - 0.4 (t - p50) / (p90 - p50) between p50 and p90, 0.1 exp(-4 (t - p90) / (p90 - p50))
+    above p90 and 1 - 0.1 exp(-4 (p10 - t) / (p50 - p10)) below p10. A zero-width segment is
+    a point mass at its point (a step, no division by zero): equal quantiles p give 1 below p
+    and 0 from p on. Crossing
     quantiles are sorted first; a step with a non-finite quantile gives 0. `threshold` is a
     scalar or one per instance, (N,).
     """
@@ -195,15 +200,21 @@ def _survival(values: np.ndarray, limit: np.ndarray) -> tuple[FloatArray, np.nda
     a, b, c = values[..., 0], values[..., 1], values[..., 2]
     low, high = np.minimum(a, b), np.maximum(a, b)
     p10, p50, p90 = np.minimum(low, c), np.maximum(low, np.minimum(high, c)), np.maximum(high, c)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
         excess = limit - p50
-        # below p50, through (p10, 0.9) and on to 1; a zero width divides by _TINY: a step
-        below = 0.5 - 0.4 * excess / np.maximum(p50 - p10, _TINY)
-        np.minimum(below, 1.0, out=below)
-        # from p50 on, through (p90, 0.1) and on to 0; a zero width: all mass is at p50
+        # below p50: linear through (p10, 0.9), then 1 - 0.1 exp(-4 (p10 - t) / (p50 - p10));
+        # a zero width divides by _TINY: a step
+        lower = np.maximum(p50 - p10, _TINY)
+        below = np.where(
+            limit >= p10,
+            0.5 - 0.4 * excess / lower,
+            1.0 - 0.1 * np.exp(-TAIL_RATE * (p10 - limit) / lower),
+        )
+        # from p50 on: linear through (p90, 0.1), then 0.1 exp(-4 (t - p90) / (p90 - p50));
+        # a zero width: all mass is at p50
         width = p90 - p50
-        above = np.where(width > 0, 0.5 - 0.4 * excess / width, 0.0)
-        np.maximum(above, 0.0, out=above)
+        tail = 0.1 * np.exp(-TAIL_RATE * (limit - p90) / np.maximum(width, _TINY))
+        above = np.where(width > 0, np.where(limit <= p90, 0.5 - 0.4 * excess / width, tail), 0.0)
         finite = np.isfinite(p10) & np.isfinite(p90) & np.isfinite(limit)
         passed = (excess < 0) & finite  # p50 > limit
     return np.where(finite, np.where(passed, below, above), 0.0), passed
