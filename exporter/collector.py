@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter.snapshot import (
     ALERT_THRESHOLD,
+    EARLIEST_BREACH,
     FLEET_HEALTH,
     HORIZONS,
     METHODS,
@@ -163,6 +164,7 @@ def risk_families(fresh: list[InstanceSnapshot]) -> Iterator[Metric]:
         "threshold; absent when it does not within the horizon.",
         ["instance", "quantity"],
     )
+    earliest = _gauge(*EARLIEST_BREACH)
     drivers = _gauge(
         "forecaster_driver_importance",
         f"Weight of the model's most important input variables (at most {MAX_DRIVERS}).",
@@ -185,9 +187,10 @@ def risk_families(fresh: list[InstanceSnapshot]) -> Iterator[Metric]:
             for window, probability in outlook.probability.items():
                 _add(breach, [name, quantity, window], probability)
             _add(ttb, [name, quantity], outlook.time_to_breach)
+            _add(earliest, [name, quantity], outlook.earliest_breach)
         for variable, weight in instance.drivers[:MAX_DRIVERS]:
             _add(drivers, [name, safe_label(variable)], weight)
-    yield from (score, breach, ttb, drivers, methods)
+    yield from (score, breach, ttb, earliest, drivers, methods)
 
 
 def fleet_families(snapshot: Snapshot) -> Iterator[Metric]:

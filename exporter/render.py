@@ -35,6 +35,7 @@ from exporter.collector import (
 )
 from exporter.snapshot import (
     ALERT_THRESHOLD,
+    EARLIEST_BREACH,
     FLEET_HEALTH,
     HORIZONS,
     METHODS,
@@ -272,6 +273,7 @@ def _risk(
         "threshold; absent when it does not within the horizon.",
         ["instance", "quantity"],
     )
+    earliest = _Family(*EARLIEST_BREACH)
     drivers = _Family(
         "forecaster_driver_importance",
         f"Weight of the model's most important input variables (at most {MAX_DRIVERS}).",
@@ -296,9 +298,10 @@ def _risk(
             for window, probability in outlook.probability.items():
                 breach.add((name, q, esc(window)), probability)
             ttb.add((name, q), outlook.time_to_breach)
+            earliest.add((name, q), outlook.earliest_breach)
         for variable, weight in instance.drivers[:MAX_DRIVERS]:
             drivers.add((name, esc(safe_label(variable))), weight)
-    for family in (score, breach, ttb, drivers, methods):
+    for family in (score, breach, ttb, earliest, drivers, methods):
         family.write(out)
 
 

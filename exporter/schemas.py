@@ -105,6 +105,9 @@ class BreachBody(BaseModel):
     time_to_breach_seconds: float | None = Field(
         description="Seconds from the origin until p50 passes the threshold; null if never."
     )
+    earliest_breach_seconds: float | None = Field(
+        None, description="Seconds from the origin until p90 passes the threshold; null if never."
+    )
 
 
 class DriverBody(BaseModel):

@@ -34,6 +34,13 @@ METHODS = (*CANDIDATE_METHODS, "ramp")
 PRIORITIES = ("P1", "P2", "P3")
 FLEET_HEALTH = ("healthy", "warning", "critical")
 THRESHOLD_LEVELS = ("warning", "critical")
+# The lower end of the time-to-breach band: (name, help, labels).
+EARLIEST_BREACH = (
+    "forecaster_earliest_breach_seconds",
+    "Seconds from the forecast origin until the p90 forecast passes the critical threshold "
+    "(the earliest plausible breach); absent when it does not within the horizon.",
+    ["instance", "quantity"],
+)
 # The family the NodeForecast* rules compare breach probabilities with: (name, help, labels).
 ALERT_THRESHOLD = (
     "forecaster_alert_probability_threshold",
@@ -89,13 +96,16 @@ class Breach:
 
     `probability` maps a `WINDOWS` label to P(value > threshold at some step of the window),
     derived from the quantile forecast. `time_to_breach` is the seconds from the origin to the
-    first step whose p50 passes the threshold, None when it does not within the horizon.
+    first step whose p50 passes the threshold, None when it does not within the horizon;
+    `earliest_breach` the same for the p90 (the earliest plausible breach: the time-to-breach
+    band runs from it to `time_to_breach`).
     """
 
     quantity: str
     threshold: float
     probability: Mapping[str, float]
     time_to_breach: float | None
+    earliest_breach: float | None = None
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ def breach_body(instance: InstanceSnapshot) -> dict[str, dict[str, Any]]:
         for window in WINDOWS:
             body[f"prob_{window}"] = number(breach.probability.get(window))
         body["time_to_breach_seconds"] = number(breach.time_to_breach)
+        body["earliest_breach_seconds"] = number(breach.earliest_breach)
         out[quantity] = body
     return out
 

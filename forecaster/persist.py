@@ -130,6 +130,7 @@ def _snapshot(meta: dict[str, Any], data: Any) -> Snapshot:
                 threshold=float(b["threshold"]),
                 probability=MappingProxyType(dict(b["probability"])),
                 time_to_breach=b["time_to_breach"],
+                earliest_breach=b.get("earliest_breach"),
             )
             for k, b in item["breaches"].items()
         }
@@ -166,4 +167,5 @@ def _breach(breach: Breach) -> dict[str, Any]:
         "threshold": breach.threshold,
         "probability": dict(breach.probability),
         "time_to_breach": breach.time_to_breach,
+        "earliest_breach": breach.earliest_breach,
     }

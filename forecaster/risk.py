@@ -246,6 +246,24 @@ def breach_outlook(
     return probabilities, time_to_breach
 
 
+def earliest_breach(
+    forecast: np.ndarray, threshold: float | np.ndarray, step_seconds: int = STEP_SECONDS
+) -> FloatArray:
+    """Seconds from the origin to the first step whose p90 passes the threshold (the earliest
+    plausible breach, with `breach_outlook`'s p50 crossing the band's other end), NaN when
+    none does within the horizon."""
+    values = np.asarray(forecast, dtype=np.float64)
+    n, horizon = values.shape[0], values.shape[1]
+    limit = np.asarray(threshold, dtype=np.float64)
+    limit = limit[:, None] if limit.ndim == 1 else limit
+    with np.errstate(invalid="ignore"):
+        upper = np.max(values, axis=-1) if values.shape[-1] else np.full((n, horizon), np.nan)
+        passed = np.isfinite(upper) & (upper > limit)
+    found = passed.any(axis=1)
+    first = np.argmax(passed, axis=1) if horizon else np.zeros(n, dtype=np.int64)
+    return np.where(found, (first + 1.0) * step_seconds, np.nan)
+
+
 def fleet_environment(
     forecasts: Mapping[str, np.ndarray],
     scores: RiskArrays | np.ndarray,

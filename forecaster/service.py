@@ -45,7 +45,13 @@ from forecaster.frames import SourceError, from_records
 from forecaster.guard import METHODS as GUARD_METHODS
 from forecaster.guard import Guard, guard_params
 from forecaster.models import ModelHolder
-from forecaster.risk import breach_outlook, fleet_environment, risk_message, risk_scores
+from forecaster.risk import (
+    breach_outlook,
+    earliest_breach,
+    fleet_environment,
+    risk_message,
+    risk_scores,
+)
 from forecaster.trend import ramp_rules
 from forecaster.window import HistoryWindow
 
@@ -63,7 +69,7 @@ class _Derived(NamedTuple):
     forecasts: dict[str, np.ndarray]
     risk: Any
     messages: list[str]
-    outlook: dict[str, tuple[dict[str, np.ndarray], np.ndarray]]
+    outlook: dict[str, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]
     now: float
     last_seen: Mapping[str, float]
 
@@ -351,9 +357,9 @@ class Service:
 
     def _outlook(
         self, result: ForecastSet, name: str, served: np.ndarray, threshold: float
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Breach probabilities and time to breach of the served forecast, or of the model's
-        own forecast where the model serves and sees the breach sooner.
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Breach probabilities, time to breach (p50) and earliest breach (p90) of the served
+        forecast, or of the model's own forecast where the model serves and sees it sooner.
 
         The guard weighs the model by its past accuracy, which mostly comes from normal times;
         a ramp that only the model extrapolates must still warn (the early-warning path that
@@ -361,18 +367,19 @@ class Service:
         """
         step = self.contract.step_seconds
         probabilities, time_to_breach = breach_outlook(served, threshold, step)
+        earliest = earliest_breach(served, threshold, step)
         model = result.candidates.get(name, {}).get("tft")
         if model is None:
-            return probabilities, time_to_breach
+            return probabilities, time_to_breach, earliest
         serves = np.isfinite(model).all(axis=(1, 2)) & result.available[name]
-        model_p, model_ttb = breach_outlook(
-            np.where(np.isfinite(model), model, 0.0), threshold, step
-        )
+        known = np.where(np.isfinite(model), model, 0.0)
+        model_p, model_ttb = breach_outlook(known, threshold, step)
         merged = {
             w: np.where(serves, np.maximum(p, model_p[w]), p) for w, p in probabilities.items()
         }
         sooner = np.fmin(time_to_breach, np.where(serves, model_ttb, np.nan))
-        return merged, sooner
+        model_early = np.where(serves, earliest_breach(known, threshold, step), np.nan)
+        return merged, sooner, np.fmin(earliest, model_early)
 
     def _instance(self, result: ForecastSet, r: int, derived: _Derived) -> InstanceSnapshot:
         forecasts, risk, outlook = derived.forecasts, derived.risk, derived.outlook
@@ -392,13 +399,14 @@ class Service:
                 scores=_scores(result, name, r),
             )
             if name in outlook:
-                probabilities, time_to_breach = outlook[name]
-                ttb = float(time_to_breach[r])
+                probabilities, time_to_breach, earliest = outlook[name]
+                ttb, early = float(time_to_breach[r]), float(earliest[r])
                 breaches[name] = Breach(
                     quantity=name,
                     threshold=float(self.config.thresholds[name].critical),
                     probability=MappingProxyType({w: float(probabilities[w][r]) for w in WINDOWS}),
                     time_to_breach=None if np.isnan(ttb) else ttb,
+                    earliest_breach=None if np.isnan(early) else early,
                 )
         return InstanceSnapshot(
             instance=result.instances[r],

@@ -96,6 +96,7 @@ class RampRule:
     threshold: float  # base units: the critical threshold whose breach it looks for
     window: str = "8h"  # the breach window compared with the served forecast's
     z: float = 0.0  # the deviation from the usual day must be this unusual (0: no such gate)
+    pace_steps: int = 0  # the last steps' own line must reach `threshold` within the horizon
 
 
 def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
@@ -126,6 +127,8 @@ def ramp_takeover(
         gate = finite & (last > rule.level)
         if rule.z > 0:
             gate &= deviation_z(y, recent=rule.window_steps) > rule.z
+        if rule.pace_steps > 0:
+            gate &= paced(y, rule.pace_steps, horizon, rule.threshold)
     take = np.zeros(n, dtype=bool)
     if not gate.any():
         return fan, take
@@ -135,6 +138,16 @@ def ramp_takeover(
     served_p, _ = breach_outlook(base, rule.threshold, step)
     take[rows] = ramp_p[rule.window] > served_p[rule.window]
     return fan, take
+
+
+def paced(y: np.ndarray, steps: int, horizon: int, threshold: float) -> np.ndarray:
+    """(N,) whether `predict_linear` over the last `steps` reaches `threshold` within
+    `horizon` steps of the end: a ramp that still rises, not a level that has settled."""
+    if y.shape[1] == 0:
+        return np.zeros(y.shape[0], dtype=bool)
+    tail = np.asarray(y, dtype=np.float64)[:, -steps:]
+    with np.errstate(invalid="ignore"):
+        return predict_linear(tail, steps, float(horizon), step=1)[:, -1] > threshold
 
 
 def deviation_z(
@@ -156,6 +169,35 @@ def deviation_z(
         spread = 1.4826 * np.nanmedian(np.abs(reference - centre[:, None]), axis=1)
         latest = np.nanmean(deviation[:, -now:], axis=1)
     return (latest - centre) / np.maximum(np.nan_to_num(spread, nan=MIN_SD), MIN_SD)
+
+
+def predict_linear(y: np.ndarray, window: int, ahead: float, step: int = 300) -> np.ndarray:
+    """PromQL `predict_linear(v[window * step], ahead)` at every column of y (N, T).
+
+    Least squares of value on time over the last `window` samples (the origin included; NaN
+    samples left out), extrapolated `ahead` seconds past the origin; NaN with fewer than two
+    samples, as PromQL returns nothing.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    w = np.isfinite(y).astype(np.float64)
+    v = np.where(w > 0, y, 0.0)
+    x = np.arange(y.shape[-1], dtype=np.float64)[None, :] - (y.shape[-1] - 1)  # small sums
+    hi = np.arange(1, y.shape[-1] + 1)
+    lo = np.maximum(hi - window, 0)
+
+    def rolling(a: np.ndarray) -> np.ndarray:
+        c = np.concatenate([np.zeros((a.shape[0], 1)), np.cumsum(a, axis=-1)], axis=-1)
+        return c[:, hi] - c[:, lo]
+
+    n, sx, sy = rolling(w), rolling(w * x), rolling(v)
+    sxx, sxy = rolling(w * x * x), rolling(v * x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = n * sxx - sx * sx
+        slope = (n * sxy - sx * sy) / var
+        intercept = (sy - slope * sx) / n  # value at x = 0
+        at_origin = intercept + slope * x
+        out = at_origin + slope * (ahead / step)
+    return np.where((n >= 2) & (var > 1e-9), out, np.nan)
 
 
 def _last_finite(y: np.ndarray) -> np.ndarray:

@@ -98,8 +98,10 @@ def _forecasts(items: list[QuantityForecast]) -> MappingProxyType:
 
 
 def _breach(quantity: str, p30: float, p8h: float, ttb: float | None) -> Breach:
+    """The p90 passes the threshold an hour before the p50 (or at the first step)."""
     threshold = THRESHOLDS[(quantity, "critical")]
-    return Breach(quantity, threshold, MappingProxyType({"30m": p30, "8h": p8h}), ttb)
+    earliest = None if ttb is None else max(300.0, ttb - 3600.0)
+    return Breach(quantity, threshold, MappingProxyType({"30m": p30, "8h": p8h}), ttb, earliest)
 
 
 def ppdb001() -> InstanceSnapshot:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from forecaster.frames import read_history
 from forecaster.model.dataset import epoch_seconds
+from forecaster.trend import predict_linear
 from training import alert_replay as ar
 from training.backtest import Grid, to_grid
 from training.replay import FanRequest, Replay, first_origin
@@ -120,7 +121,7 @@ def families(step: int) -> dict[str, tuple[str, Signal]]:
     }
     for name, window, ahead in PREDICT_LINEAR:
         label = f"predict_linear(x[{window * step // 3600}h], {ahead // 3600}h)"
-        out[name] = (label, lambda y, w=window, a=ahead: ar.predict_linear(y, w, a, step))
+        out[name] = (label, lambda y, w=window, a=ahead: predict_linear(y, w, a, step))
     return out
 
 

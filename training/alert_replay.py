@@ -353,35 +353,6 @@ def select(scores: Sequence[Score], target: float = TARGET_PRECISION) -> int:
     return max(range(len(scores)), key=fallback)
 
 
-def predict_linear(y: np.ndarray, window: int, ahead: float, step: int = 300) -> Floats:
-    """PromQL `predict_linear(v[window * step], ahead)` at every column of y (N, T).
-
-    Least squares of value on time over the last `window` samples (the origin included; NaN
-    samples left out), extrapolated `ahead` seconds past the origin; NaN with fewer than two
-    samples, as PromQL returns nothing.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    w = np.isfinite(y).astype(np.float64)
-    v = np.where(w > 0, y, 0.0)
-    x = np.arange(y.shape[-1], dtype=np.float64)[None, :] - (y.shape[-1] - 1)  # small sums
-    hi = np.arange(1, y.shape[-1] + 1)
-    lo = np.maximum(hi - window, 0)
-
-    def rolling(a: np.ndarray) -> np.ndarray:
-        c = np.concatenate([np.zeros((a.shape[0], 1)), np.cumsum(a, axis=-1)], axis=-1)
-        return c[:, hi] - c[:, lo]
-
-    n, sx, sy = rolling(w), rolling(w * x), rolling(v)
-    sxx, sxy = rolling(w * x * x), rolling(v * x)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = n * sxx - sx * sx
-        slope = (n * sxy - sx * sy) / var
-        intercept = (sy - slope * sx) / n  # value at x = 0
-        at_origin = intercept + slope * x
-        out = at_origin + slope * (ahead / step)
-    return np.where((n >= 2) & (var > 1e-9), out, np.nan)
-
-
 def lead_quantiles(leads: np.ndarray) -> dict[str, float | None]:
     """Lead-time distribution in minutes: min, p10, p25, median, p75, p90, max."""
     if not np.size(leads):

@@ -26,7 +26,7 @@ import numpy as np
 from exporter.snapshot import QUANTILES
 from forecaster.config import load_config
 from forecaster.risk import breach_outlook
-from forecaster.trend import deviation_z, ramp_forecast
+from forecaster.trend import deviation_z, paced, ramp_forecast
 from training import alert_replay as ar
 from training.alert_methods import (
     FOR_OPTIONS,
@@ -44,26 +44,41 @@ LEVELS = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 # Deviation gates: the deviation from the usual day must be this many robust spreads above
 # its earlier median (`forecaster.trend.deviation_z`); 0 is no gate.
 ZS = (0.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+# Pace gates: the line of the last 1 h / 2 h must itself reach the threshold within 8 h (a ramp
+# still rising, not a level that stepped up and settled; `forecaster.trend.paced`); 0 is none.
+PACES = (0, 12, 24)
 
 
 def ramp_probability(
-    y: np.ndarray, columns: np.ndarray, critical: float, window: int, *, step: int, held: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, origins) 8 h breach probability of the ramp outlook at each origin column, and
-    the deviation's z (`deviation_z`), from the last `held` steps (the service's history)."""
+    y: np.ndarray,
+    columns: np.ndarray,
+    critical: float,
+    window: int,
+    *,
+    step: int,
+    held: int,
+    paces: tuple[int, ...] = PACES,
+) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """(N, origins) 8 h breach probability of the ramp outlook at each origin column, the
+    deviation's z (`deviation_z`) and each pace gate (`paced`), from the last `held` steps
+    (the service's history)."""
     out = np.full((y.shape[0], columns.size), np.nan)
     z = np.full((y.shape[0], columns.size), np.nan)
+    pace = {p: np.ones((y.shape[0], columns.size), dtype=bool) for p in paces}
     for k, c in enumerate(columns):
         history = y[:, max(0, c + 1 - held) : c + 1]
         projected = ramp_forecast(history, HORIZON, QUANTILES, window=window)
         probability, _ = breach_outlook(np.nan_to_num(projected, nan=-np.inf), critical, step)
         out[:, k] = np.where(np.isfinite(projected).all(axis=(1, 2)), probability["8h"], 0.0)
         z[:, k] = deviation_z(history, recent=window)
-    return out, z
+        for p in paces:
+            if p > 0:
+                pace[p][:, k] = paced(history, p, HORIZON, critical)
+    return out, z, pace
 
 
 def ramp_firing(
-    signal: tuple[np.ndarray, np.ndarray],
+    signal: tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]],
     current: np.ndarray,
     chosen: dict[str, float],
     *,
@@ -72,20 +87,22 @@ def ramp_firing(
 ) -> np.ndarray:
     """(N, origins) firing of the ramp alert: probability, level and deviation conditions,
     held `for`."""
-    probability, z = signal
+    probability, z, pace = signal
     with np.errstate(invalid="ignore"):
         condition = (probability > chosen["probability"]) & (current > chosen["level"] * critical)
         if chosen["z"] > 0:
             condition &= z > chosen["z"]
+        if chosen["pace"] > 0:
+            condition &= pace[chosen["pace"]]
     return ar.hold_for(condition, ar.evaluations(chosen["for_s"], step))
 
 
 def _choose(signal, current, times, events: ar.Events, *, critical: float, step: int, gates):
     candidates, scores = [], []
-    for level, z in gates:
+    for level, z, pace in gates:
         for p in PROBABILITIES:
             for for_s in FOR_OPTIONS:
-                chosen = {"probability": p, "level": level, "z": z, "for_s": for_s}
+                chosen = {"probability": p, "level": level, "z": z, "pace": pace, "for_s": for_s}
                 firing = ramp_firing(signal, current, chosen, critical=critical, step=step)
                 candidates.append(chosen)
                 scores.append(ar.score(firing, times, events))
@@ -119,7 +136,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         picks = []
         t_y = tune.grid.column(quantity)
         for window in args.windows:
-            signal = ramp_probability(t_y, t_cols, critical, window, step=step, held=held)
+            signal = ramp_probability(
+                t_y, t_cols, critical, window, step=step, held=held, paces=tuple(args.paces)
+            )
             chosen, score = _choose(
                 signal,
                 t_y[:, t_cols],
@@ -127,13 +146,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 tune.events(quantity),
                 critical=critical,
                 step=step,
-                gates=[(level, z) for level in args.levels for z in args.zs],
+                gates=[
+                    (level, z, pace)
+                    for level in args.levels
+                    for z in args.zs
+                    for pace in args.paces
+                ],
             )
             picks.append((score, window, chosen))
         best = ar.select([p[0] for p in picks])
         tuning, window, chosen = picks[best]
         e_y = data.grid.column(quantity)
-        signal = ramp_probability(e_y, e_cols, critical, window, step=step, held=held)
+        signal = ramp_probability(
+            e_y, e_cols, critical, window, step=step, held=held, paces=tuple(args.paces)
+        )
         firing = ramp_firing(signal, e_y[:, e_cols], chosen, critical=critical, step=step)
         score = ar.score(firing, e_times, data.events(quantity))
         result["ramp"][quantity] = {
@@ -180,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--levels", nargs="+", type=float, default=list(LEVELS), help="level gate factors"
     )
+    parser.add_argument("--paces", nargs="+", type=int, default=list(PACES), help="pace gates")
     parser.add_argument("--zs", nargs="+", type=float, default=list(ZS), help="deviation gates")
     parser.add_argument("--json", type=Path, default=Path("docs/ramp_study.json"))
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from forecaster.config import Config
+from forecaster.trend import predict_linear
 from training import alert_replay as ar
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +151,7 @@ def test_predict_linear_is_least_squares_extrapolated_from_the_origin():
     rng = np.random.default_rng(3)
     y = np.cumsum(rng.normal(size=(3, 50)), axis=1)
     y[1, 20] = np.nan
-    out = ar.predict_linear(y, window=12, ahead=3600, step=STEP)
+    out = predict_linear(y, window=12, ahead=3600, step=STEP)
     for row in range(3):
         x = np.arange(50 - 12, 50)
         keep = np.isfinite(y[row, x])

@@ -278,8 +278,10 @@ def test_predict_server_returns_forecasts_risk_breaches_and_drivers(client):
         "prob_30m": 0.35,
         "prob_8h": 0.97,
         "time_to_breach_seconds": 7800.0,
+        "earliest_breach_seconds": 4200.0,
     }
     assert body["breaches"]["filesystem_utilisation"]["time_to_breach_seconds"] is None
+    assert body["breaches"]["filesystem_utilisation"]["earliest_breach_seconds"] is None
     assert body["drivers"][0] == {"variable": "cpu_utilisation", "weight": 0.31}
     assert client.get("/predict/newhost01").json()["method"] == "heuristic"
 

@@ -12,6 +12,7 @@ from forecaster.config import DEFAULT_THRESHOLDS, Levels, RiskSettings
 from forecaster.risk import (
     breach_outlook,
     breach_probability,
+    earliest_breach,
     fleet_environment,
     risk_message,
     risk_scores,
@@ -274,3 +275,14 @@ def test_trend_skips_unobserved_and_nan_cells_and_needs_two_points():
     # row 0: points (1, 1.0) and (3, 2.0) at 5-minute steps: slope 0.5 per step = 6 per hour
     assert trend == pytest.approx([6.0, 0.0, 0.0])
     assert not np.isnan(trend).any()
+
+
+def test_earliest_breach_is_the_first_step_whose_p90_passes():
+    ramp = np.linspace(0.80, 0.99, 96)
+    forecast = np.stack([ramp - 0.05, ramp, ramp + 0.05], axis=-1)[None].repeat(2, axis=0)
+    forecast[1] = 0.5  # never
+    earliest = earliest_breach(forecast, 0.95)
+    _, ttb = breach_outlook(forecast, 0.95)
+    assert earliest[0] == (int(np.argmax(ramp + 0.05 > 0.95)) + 1) * 300 < ttb[0]
+    assert np.isnan(earliest[1]) and np.isnan(ttb[1])
+    assert np.isnan(earliest_breach(np.full((1, 4, 3), np.nan), 0.95)).all()

@@ -418,7 +418,9 @@ def test_a_ramp_only_the_model_extrapolates_still_warns_under_the_guard():
         drivers=((), ()),
         candidates={"memory_utilisation": {"tft": model, "seasonal_mean": served}},
     )
-    probabilities, ttb = service._outlook(result, "memory_utilisation", served, 0.95)
+    probabilities, ttb, earliest = service._outlook(result, "memory_utilisation", served, 0.95)
     assert probabilities["8h"][0] > 0.5 and probabilities["8h"][1] < 0.01
     assert probabilities["30m"][0] < 0.01  # the ramp is hours away
     assert ttb[0] == 87 * 300 and np.isnan(ttb[1])
+    first_p90 = int(np.argmax(ramp[:, 2] > 0.95)) + 1  # the band's early end: the p90's crossing
+    assert earliest[0] == first_p90 * 300 < ttb[0] and np.isnan(earliest[1])
