@@ -132,7 +132,8 @@ def _chunks(first: int, last: int, size: int = DAY_STEPS) -> Iterator[np.ndarray
         yield np.arange(lo, min(lo + size, last + 1))
 
 
-def _frame(fleet: Fleet, steps: np.ndarray, values: dict[str, np.ndarray]) -> pd.DataFrame:
+def frame_of(fleet: Fleet, steps: np.ndarray, values: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The WIDE frame of `values` (as `simulator.model.evaluate` returns them) at `steps`."""
     n, s = fleet.size, steps.size
     frame = {
         "timestamp": pd.to_datetime(np.tile(steps * sch.STEP, n), unit="s", utc=True),
@@ -153,7 +154,7 @@ def _write_parquet(fleet: Fleet, spec: HistorySpec, path: Path) -> tuple[int, di
     try:
         for steps in tqdm(chunks, desc="history", unit="day", disable=None):
             values = model.evaluate(fleet, steps, incident_rate=spec.incident_rate)
-            table = pa.Table.from_pandas(_frame(fleet, steps, values), preserve_index=False)
+            table = pa.Table.from_pandas(frame_of(fleet, steps, values), preserve_index=False)
             writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
             writer.write_table(table)
             rows += table.num_rows
