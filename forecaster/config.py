@@ -227,13 +227,16 @@ class EarlyWarning(_Section):
     `forecaster_alert_probability_threshold{quantity, severity}` and the rules compare with
     that series, so this is the one place they are set. With `ramp_window`, the ramp outlook
     (`forecaster.trend.ramp_takeover`) is fitted over that duration and serves where the last
-    value is above `ramp_level` x the critical threshold and it sees a breach as more likely.
+    value is above `ramp_level` x the critical threshold and it sees a breach as more likely;
+    with `ramp_pace`, also only where `predict_linear` over that last stretch alone reaches the
+    critical threshold within the horizon (a ramp still rising, not a level that settled).
     """
 
     warning: float = Field(0.5, gt=0.0, lt=1.0)
     critical: float = Field(0.5, gt=0.0, lt=1.0)
     ramp_window: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 0.0  # 0: off
     ramp_level: float = Field(0.0, ge=0.0, le=2.0)
+    ramp_pace: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 0.0  # 0: off
 
 
 # Tuned on the seed-2718 fleet by `training.ramp_study` (probability, level and fit window

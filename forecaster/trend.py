@@ -105,10 +105,12 @@ def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
     for name, settings in config.early_warning.items():
         if settings.ramp_window > 0 and name in config.thresholds:
             critical = config.thresholds[name].critical
+            pace = int(settings.ramp_pace // step)
             rules[name] = RampRule(
                 window_steps=max(3, int(settings.ramp_window // step)),
                 level=settings.ramp_level * critical,
                 threshold=critical,
+                pace_steps=max(2, pace) if pace else 0,
             )
     return rules
 

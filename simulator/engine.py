@@ -69,6 +69,7 @@ class InjectedIncident:
             "precursor_start": self.start,
             "breach": self.breach,
             "end": self.end,
+            "shape": "smooth",
             "status": status,
             "source": "api",
         }

@@ -183,6 +183,7 @@ def _write_incidents(fleet: Fleet, spec: HistorySpec, path: Path) -> int:
             "precursor_start",
             "breach",
             "end",
+            "shape",
             "source",
         ],
     )

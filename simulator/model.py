@@ -214,12 +214,35 @@ def _context(fleet: Fleet, steps: NDArray[np.int64], overrides: Overrides | None
     )
 
 
+SAWTOOTH_DEPTH = 1.5  # a saw-tooth cycle falls back 1.5x what it gains net
+RAMP_JITTER = 0.1  # a noisy ramp's jitter, as a share of the ramp's full amount
+
+
+def _shaped(ctx: Context, exponent: float) -> NDArray[np.float64]:
+    """Share of the ramp's amount reached at each step, after the incident's shape."""
+    p = ctx.progress
+    smooth = p**exponent
+    cycles = sch.RAMP_CYCLES
+    stepped = (np.floor(p * cycles) / cycles) ** exponent
+    # Position inside the current cycle, in (0, 1]: the cycle's peak lies on the smooth ramp.
+    inside = p * cycles - np.ceil(p * cycles) + 1.0
+    sawtooth = smooth - SAWTOOTH_DEPTH / cycles * (1.0 - inside)
+    noisy = smooth + RAMP_JITTER * _noise(ctx.fleet, "ramp", ctx.steps)
+    shape = np.broadcast_to(ctx.incidents.shape, p.shape)
+    shaped = np.select(
+        [shape == sch.STEPPED, shape == sch.SAWTOOTH, shape == sch.NOISY],
+        [stepped, sawtooth, noisy],
+        default=smooth,
+    )
+    return np.maximum(shaped, 0.0)
+
+
 def _ramp_to(ctx: Context, kind: str, value, nominal_at_breach, exponent: float = 1.0):
     """Add a precursor ramp so `value` reaches the kind's threshold exactly at the breach."""
     spec = sch.KIND_BY_NAME[kind]
     pre = ctx.active(kind, 1)
     amount = np.maximum(spec.threshold + 0.004 * spec.threshold - nominal_at_breach, 0.0)
-    ramped = np.minimum(value + amount * ctx.progress**exponent, spec.threshold * 0.998)
+    ramped = np.minimum(value + amount * _shaped(ctx, exponent), spec.threshold * 0.998)
     return np.where(pre, ramped, value)
 
 

@@ -7,7 +7,7 @@ slots that can still cover it (a bounded look-back) instead of replaying a Marko
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -162,6 +162,22 @@ INCIDENT_KINDS = (
     IncidentKind("latency_degradation", "request_latency_p95", 0.5, (9, 24), (3, 9)),
 )
 KIND_BY_NAME = {k.name: k for k in INCIDENT_KINDS}
+
+# How the precursor approaches the breach. "smooth" is the kind's ramp; "stepped" climbs in
+# plateaus (batch writes, a cache that grows by chunks); "sawtooth" rises in cycles that fall
+# back part of the way (a garbage-collected heap, log rotation on a filling disk); "noisy" is the
+# smooth ramp under heavy jitter; "sudden" has no precursor: one step from normal to breach.
+SHAPES = ("smooth", "stepped", "sawtooth", "noisy", "sudden")
+SMOOTH, STEPPED, SAWTOOTH, NOISY, SUDDEN = range(len(SHAPES))
+PRECURSOR_SHAPES = SHAPES[:SUDDEN]  # the shapes an early warning can be asked to see
+# Share of each shape per kind, in SHAPES order (each row sums to 1).
+SHAPE_MIX = {
+    "memory_leak": (0.45, 0.0, 0.25, 0.15, 0.15),
+    "filesystem_fill": (0.45, 0.2, 0.2, 0.0, 0.15),
+    "cpu_saturation": (0.6, 0.0, 0.0, 0.25, 0.15),
+    "latency_degradation": (0.6, 0.0, 0.0, 0.25, 0.15),
+}
+RAMP_CYCLES = 4  # plateaus of a stepped ramp, cycles of a saw-tooth one
 INCIDENT_SLOT = 144  # steps (12 h): at most one scheduled incident per node and slot
 RECOVERY_STEPS = 6  # 'recovering' after an incident ends
 CALM_BEFORE = 2 * 3600  # seconds without background episodes before a scheduled incident
@@ -174,7 +190,7 @@ class Incidents:
 
     Times are unix seconds: the precursor starts at `start`, the quantity crosses the kind's
     threshold at `breach`, the incident ends at `end`, and the node is back to normal at
-    `recovered`.
+    `recovered`. `shape` indexes SHAPES (smooth wherever it is not given).
     """
 
     kind: NDArray[np.int64]
@@ -182,6 +198,7 @@ class Incidents:
     breach: NDArray[np.float64]
     end: NDArray[np.float64]
     recovered: NDArray[np.float64]
+    shape: NDArray[np.int64] = field(default_factory=lambda: np.zeros((1, 1), dtype=np.int64))
 
     def override(self, mask: NDArray[np.bool_], other: Incidents) -> Incidents:
         """Where `mask` holds, take `other`'s incident instead of this one."""
@@ -190,8 +207,8 @@ class Incidents:
         )
 
     def astuple(self) -> tuple[NDArray, ...]:
-        """The five arrays in field order."""
-        return (self.kind, self.start, self.breach, self.end, self.recovered)
+        """The six arrays in field order."""
+        return (self.kind, self.start, self.breach, self.end, self.recovered, self.shape)
 
 
 def _slot_incidents(fleet: Fleet, slot: NDArray[np.int64], rate: float) -> Incidents:
@@ -204,6 +221,8 @@ def _slot_incidents(fleet: Fleet, slot: NDArray[np.int64], rate: float) -> Incid
     kind = np.minimum((rng.uniform(key, base + 1) * len(INCIDENT_KINDS)).astype(np.int64), 3)
     precursor = np.zeros(kind.shape, dtype=np.int64)
     hold = np.zeros(kind.shape, dtype=np.int64)
+    shape = np.zeros(kind.shape, dtype=np.int64)
+    shape_u = rng.uniform(key, base + 5)
     for code, k in enumerate(INCIDENT_KINDS):
         is_kind = kind == code
         p_len = k.precursor[0] + (
@@ -212,6 +231,9 @@ def _slot_incidents(fleet: Fleet, slot: NDArray[np.int64], rate: float) -> Incid
         h_len = k.hold[0] + (rng.uniform(key, base + 3) * (k.hold[1] - k.hold[0] + 1))
         precursor = np.where(is_kind, p_len.astype(np.int64), precursor)
         hold = np.where(is_kind, h_len.astype(np.int64), hold)
+        drawn = np.searchsorted(np.cumsum(SHAPE_MIX[k.name])[:-1], shape_u, side="right")
+        shape = np.where(is_kind, drawn, shape)
+    precursor = np.where(shape == SUDDEN, 1, precursor)
     room = INCIDENT_SLOT - precursor - hold - RECOVERY_STEPS
     start = slot * INCIDENT_SLOT + (rng.uniform(key, base + 4) * (room + 1)).astype(np.int64)
     breach = start + precursor
@@ -222,6 +244,7 @@ def _slot_incidents(fleet: Fleet, slot: NDArray[np.int64], rate: float) -> Incid
         (breach * STEP).astype(np.float64),
         (end * STEP).astype(np.float64),
         ((end + RECOVERY_STEPS) * STEP).astype(np.float64),
+        shape,
     )
 
 
@@ -261,6 +284,7 @@ def incident_table(fleet: Fleet, first_step: int, last_step: int, rate: float) -
                 "precursor_start": float(drawn.start[n, s]),
                 "breach": float(drawn.breach[n, s]),
                 "end": float(drawn.end[n, s]),
+                "shape": SHAPES[drawn.shape[n, s]],
                 "source": "schedule",
             }
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import pandas as pd
 from forecaster.frames import read_history
 from forecaster.model.dataset import epoch_seconds
 from forecaster.trend import predict_linear
+from simulator.schedule import PRECURSOR_SHAPES, SHAPES
 from training import alert_replay as ar
 from training.backtest import Grid, to_grid
 from training.replay import FanRequest, Replay, first_origin
@@ -58,8 +59,10 @@ class Dataset:
     incidents: pd.DataFrame
     meta: dict[str, Any]
 
-    def events(self, quantity: str) -> ar.Events:
-        """Incidents of `quantity` as events: start = breach, end = incident end."""
+    def events(self, quantity: str, shapes: Collection[str] = PRECURSOR_SHAPES) -> ar.Events:
+        """Incidents of `quantity` as events: start = breach, end = incident end; those of
+        `shapes` are scored (by default every shape with a precursor: a sudden breach is not
+        asked of an early warning, but an alert just before one is not false)."""
         rows = self.incidents[self.incidents["quantity"] == quantity]
         rows = rows[rows["instance"].isin(self.grid.instances)]
         index = pd.Index(self.grid.instances).get_indexer(rows["instance"])
@@ -67,7 +70,15 @@ class Dataset:
             index.astype(np.int64),
             epoch_seconds(rows["breach"]).astype(np.int64),
             epoch_seconds(rows["end"]).astype(np.int64),
+            incident_shapes(rows).isin(list(shapes)).to_numpy(),
         )
+
+
+def incident_shapes(incidents: pd.DataFrame) -> pd.Series:
+    """Each incident's precursor shape (histories written before shapes existed: smooth)."""
+    if "shape" in incidents:
+        return incidents["shape"].astype(str)
+    return pd.Series("smooth", index=incidents.index)
 
 
 def load_dataset(path: Path, names: list[str]) -> Dataset:
@@ -199,11 +210,30 @@ def evaluate_method(method: Method, data: Dataset, times: np.ndarray, kinds: Map
         "params": method.params,
         "per_kind": {kinds[q]: s.summary() for q, s in scores.items()},
         "overall": ar.pooled(list(scores.values())).summary(),
+        "per_shape": per_shape(method, data, times, kinds),
     }
     if method.tuning is not None:
         entry["tuning"] = {kinds[q]: s.summary() for q, s in method.tuning.items()}
         entry["tuning_overall"] = ar.pooled(list(method.tuning.values())).summary()
     return entry
+
+
+def per_shape(method: Method, data: Dataset, times: np.ndarray, kinds: Mapping[str, str]):
+    """Per kind and precursor shape: incidents, caught, recall and lead times (the episodes'
+    figures are the kind's, so they are left out here)."""
+    out: dict[str, dict[str, Any]] = {}
+    present = set(incident_shapes(data.incidents))
+    for quantity, firing in method.firing.items():
+        rows: dict[str, Any] = {}
+        for shape in (s for s in SHAPES if s in present):
+            score = ar.score(firing, times, data.events(quantity, (shape,)))
+            if score.incidents:
+                brief = score.summary()
+                rows[shape] = {k: brief[k] for k in ("incidents", "caught", "recall")} | {
+                    "lead_minutes": brief["lead_minutes"]
+                }
+        out[kinds[quantity]] = rows
+    return out
 
 
 def fan_requests(data: Dataset, times: np.ndarray) -> tuple[FanRequest, ...]:
@@ -214,6 +244,7 @@ def fan_requests(data: Dataset, times: np.ndarray) -> tuple[FanRequest, ...]:
         - epoch_seconds(data.incidents["precursor_start"]),
     )
     rows = rows[(rows.b >= times[0] + ar.LOOKBACK) & (rows.b + 2 * ar.HOUR <= times[-1])]
+    rows = rows[incident_shapes(rows).isin(PRECURSOR_SHAPES)]
     out = []
     for kind, group in rows.sort_values(["length", "b"]).groupby("kind"):
         for q in FAN_QUANTILES:

@@ -153,11 +153,16 @@ def fire(
 
 @dataclass(frozen=True)
 class Events:
-    """Intervals per instance row: `start` and `end` in unix seconds (end inclusive)."""
+    """Intervals per instance row: `start` and `end` in unix seconds (end inclusive).
+
+    For incidents, `scored` marks those whose catching counts towards recall (None: all); the
+    others still make an alert near them true or late rather than false.
+    """
 
     row: Ints
     start: Ints
     end: Ints
+    scored: NDArray[np.bool_] | None = None
 
     def __len__(self) -> int:
         return int(self.row.size)
@@ -291,7 +296,9 @@ def score(
     times = np.asarray(times, dtype=np.int64)
     step = int(times[1] - times[0]) if times.size > 1 else 300
     found = episodes(firing, times)
-    scored = (incidents.start >= times[0] + lookback) & (incidents.start <= times[-1])
+    chosen = np.ones(len(incidents), dtype=bool) if incidents.scored is None else incidents.scored
+    in_window = (incidents.start >= times[0] + lookback) & (incidents.start <= times[-1])
+    scored = chosen & in_window
     kept = Events(incidents.row[scored], incidents.start[scored], incidents.end[scored])
     lead = match_incidents(found, kept, lookback)
     kind = classify(found, incidents, lookahead, grace)
@@ -306,7 +313,7 @@ def score(
         late=int(np.count_nonzero(judged & (kind == "late"))),
         false=int(np.count_nonzero(judged & (kind == "false"))),
         node_days=firing.shape[0] * days,
-        excluded_incidents=len(incidents) - len(kept),
+        excluded_incidents=int(np.count_nonzero(chosen & ~in_window)),
         excluded_episodes=len(found) - int(np.count_nonzero(judged)),
     )
 

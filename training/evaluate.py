@@ -35,6 +35,7 @@ import pandas as pd
 
 from forecaster.config import load_config
 from forecaster.model.dataset import epoch_seconds
+from simulator.schedule import PRECURSOR_SHAPES
 from training import alert_replay as ar
 from training.alert_methods import (
     FACTORS,
@@ -45,6 +46,7 @@ from training.alert_methods import (
     baseline_methods,
     evaluate_method,
     fan_requests,
+    incident_shapes,
     load_dataset,
     rule_firing,
     tuned_probability,
@@ -127,12 +129,13 @@ def _describe(data: Dataset, times: np.ndarray, kinds: Mapping[str, str]) -> dic
     """Seed, span, origins and incidents of a history (precursor lengths in minutes)."""
     incidents = data.incidents
     counts = incidents["kind"].value_counts().to_dict()
-    minutes = (
-        epoch_seconds(incidents["breach"]) - epoch_seconds(incidents["precursor_start"])
-    ) / 60
+    shapes = incident_shapes(incidents)
+    by_shape = shapes.groupby(incidents["kind"]).value_counts()
+    gradual = incidents[shapes.isin(PRECURSOR_SHAPES)]
+    minutes = (epoch_seconds(gradual["breach"]) - epoch_seconds(gradual["precursor_start"])) / 60
     precursor = {
         str(kind): {"min": float(m.min()), "median": float(m.median()), "max": float(m.max())}
-        for kind, m in pd.Series(minutes, index=incidents.index).groupby(incidents["kind"])
+        for kind, m in pd.Series(minutes, index=gradual.index).groupby(gradual["kind"])
     }
     return {
         "path": str(data.path),
@@ -144,6 +147,7 @@ def _describe(data: Dataset, times: np.ndarray, kinds: Mapping[str, str]) -> dic
         "first_origin": _iso(times[0]),
         "origins": int(times.size),
         "incidents_by_kind": {str(k): int(v) for k, v in sorted(counts.items())},
+        "incidents_by_shape": {f"{k}|{s}": int(v) for (k, s), v in sorted(by_shape.items())},
         "precursor_minutes": precursor,
         "command": shlex.join(data.meta.get("command", [])),
         "kinds": dict(kinds),

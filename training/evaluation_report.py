@@ -24,6 +24,7 @@ def write_report(result: dict[str, Any], extra: dict[str, Any], path: Path) -> N
     figures = draw_plots(result, extra, images, stem)
     lines = [*_header(result), *_goal(result), *_findings(result), *_overall(result)]
     lines += _per_kind(result)
+    lines += _per_shape(result)
     lines += [*_tuning(result), *_definitions(result), *_replay_notes(result)]
     lines += ["## Plots", ""]
     lines += [f"![{f.stem}](img/{f.name})\n" for f in figures]
@@ -225,6 +226,37 @@ def _overfit_finding(methods: dict[str, Any]) -> list[str]:
         "tuning fleet; on the evaluation fleet (other hosts, other base levels) precision "
         "falls below it for: " + ", ".join(drops) + "."
     ]
+
+
+def _per_shape(result: dict[str, Any]) -> list[str]:
+    """Recall and median lead per kind and precursor shape, for our rules and the baselines."""
+    methods = {n: m for n, m in result["methods"].items() if "per_shape" in m}
+    if OURS not in methods:
+        return []
+    names = [n for n in methods if n != f"{OURS}_critical_only"]
+    lines = [
+        "## Per precursor shape",
+        "",
+        "What is and is not predictable: recall (median lead) per kind and shape of the "
+        "precursor. `sudden` incidents step from normal to breach within one 5-minute step; "
+        "they are left out of every other table's recall (an alert just before one still "
+        "counts as true, one during it as late).",
+        "",
+        "| kind | shape | incidents | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for kind, shapes in methods[OURS]["per_shape"].items():
+        for shape, first in shapes.items():
+            cells = []
+            for name in names:
+                m = methods[name]["per_shape"].get(kind, {}).get(shape)
+                cells.append(
+                    "n/a"
+                    if m is None
+                    else f"{_fmt(m['recall'])} ({_lead(m['lead_minutes']['median'])})"
+                )
+            lines.append(f"| {kind} | {shape} | {first['incidents']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _precursor_finding(result: dict[str, Any]) -> list[str]:

@@ -94,6 +94,21 @@ def test_only_episodes_started_within_the_lookback_catch_and_the_first_one_sets_
     assert lead.tolist() == [50 * STEP]
 
 
+def test_unscored_incidents_leave_recall_but_still_make_nearby_alerts_true_or_late():
+    times = _times(400)
+    firing = np.zeros((2, 400), dtype=bool)
+    firing[0, 100:110] = True  # before row 0's gradual breach at 150: caught
+    firing[1, 250:260] = True  # during row 1's sudden breach (245 to 270): late
+    both = _incidents((0, 150, 160), (1, 245, 270))
+    sudden_left_out = ar.Events(both.row, both.start, both.end, np.array([True, False]))
+    score = ar.score(firing, times, sudden_left_out, lookback=8 * 3600)
+    assert (score.incidents, score.caught, score.excluded_incidents) == (1, 1, 0)
+    assert (score.true, score.late, score.false) == (1, 1, 0)
+    only_sudden = ar.Events(both.row, both.start, both.end, np.array([False, True]))
+    alone = ar.score(firing, times, only_sudden, lookback=8 * 3600)
+    assert (alone.incidents, alone.caught) == (1, 0)  # a late alert does not catch it
+
+
 def test_episodes_are_maximal_runs_per_row():
     firing = np.array([[1, 1, 0, 1], [0, 0, 0, 0], [0, 1, 1, 1]], dtype=bool)
     found = ar.episodes(firing, _times(4))
@@ -218,6 +233,10 @@ def test_evaluation_runs_end_to_end_on_a_tiny_history(tmp_path):
     methods = result["methods"]
     assert {"forecast_rules", "static_threshold", "predict_linear_6h_4h"} <= set(methods)
     assert methods["forecast_rules"]["overall"]["incidents"] >= 1
+    shapes = methods["forecast_rules"]["per_shape"]
+    counted = sum(m["incidents"] for per in shapes.values() for m in per.values())
+    assert counted >= methods["forecast_rules"]["overall"]["incidents"]  # sudden ones too
+    assert "## Per precursor shape" in report.read_text()
     assert set(result["replay"]["calibration"]) >= {"cpu_utilisation", "request_latency_p95"}
     assert result["data"]["seed"] == 5 and result["git_revision"]
     assert "Early warning" in report.read_text()

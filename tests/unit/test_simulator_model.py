@@ -127,11 +127,11 @@ def test_each_labelled_breach_happens_exactly_at_its_time(month):
         assert (series[j : int(r["end"] // sch.STEP - steps[0])] >= r["threshold"]).all(), r
 
 
-def test_precursor_30_minute_mean_rises_monotonically_before_every_breach(month):
+def test_precursor_30_minute_mean_rises_monotonically_before_every_smooth_breach(month):
     fleet, steps, values = month
     records = sch.incident_table(fleet, int(steps[0]) + 120, int(steps[-1]) - 30, 1.0)
     assert len(records) > 300
-    for r in records:
+    for r in (r for r in records if r["shape"] == "smooth"):
         series = pd.Series(values[r["quantity"]][fleet.index(r["instance"])])
         rolling = series.rolling(6).mean().to_numpy()
         j = int(r["breach"] // sch.STEP - steps[0])
@@ -144,16 +144,42 @@ def test_precursor_lengths_follow_the_incident_kinds(month):
     records = sch.incident_table(fleet, int(steps[0]), int(steps[-1]), 1.0)
     for r in records:
         hours = (r["breach"] - r["precursor_start"]) / 3600
-        if r["kind"] in ("memory_leak", "filesystem_fill"):
+        if r["shape"] == "sudden":
+            assert hours == sch.STEP / 3600, r
+        elif r["kind"] in ("memory_leak", "filesystem_fill"):
             assert 2 <= hours <= 8, r
         else:
             assert 0.5 <= hours <= 2, r
 
 
+def test_incident_shapes_follow_the_mix_and_look_as_named(month):
+    fleet, steps, values = month
+    records = sch.incident_table(fleet, int(steps[0]) + 120, int(steps[-1]) - 30, 1.0)
+    for kind, mix in sch.SHAPE_MIX.items():
+        assert sum(mix) == pytest.approx(1.0)
+        drawn = {r["shape"] for r in records if r["kind"] == kind}
+        assert drawn == {s for s, share in zip(sch.SHAPES, mix, strict=True) if share > 0}, kind
+    for r in records:
+        series = values[r["quantity"]][fleet.index(r["instance"])]
+        start = int(r["precursor_start"] // sch.STEP - steps[0])
+        breach = int(r["breach"] // sch.STEP - steps[0])
+        ramp = np.diff(series[start:breach])
+        rise = series[breach - 1] - series[start]
+        if r["shape"] == "sudden":  # normal one step before the breach
+            assert breach - start == 1 and series[breach - 1] < 0.9 * r["threshold"], r
+        elif r["shape"] == "stepped":  # plateaus: most steps flat, a few large jumps
+            assert np.mean(np.abs(ramp) < 0.02 * rise) > 0.8, r
+            assert np.count_nonzero(ramp > 0.15 * rise) >= sch.RAMP_CYCLES - 2, r
+        elif r["shape"] == "sawtooth":  # falls back several times on the way up
+            assert np.count_nonzero(ramp < -0.2 * rise) >= sch.RAMP_CYCLES - 2, r
+            assert rise > 0, r
+
+
 def test_latency_degradation_is_preceded_by_rising_gc_pauses_and_errors(month):
     fleet, steps, values = month
     records = sch.incident_table(fleet, int(steps[0]) + 60, int(steps[-1]) - 30, 1.0)
-    for r in (r for r in records if r["kind"] == "latency_degradation"):
+    chosen = (r for r in records if r["kind"] == "latency_degradation" and r["shape"] != "sudden")
+    for r in chosen:
         n = fleet.index(r["instance"])
         start = int(r["precursor_start"] // sch.STEP - steps[0])
         breach = int(r["breach"] // sch.STEP - steps[0])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from forecaster.config import Config
+from forecaster.config import DEFAULT_EARLY_WARNING, Config, parse_duration
 from forecaster.heuristic import SEASON_STEPS
 from forecaster.trend import MIN_SD, RampRule, ramp_forecast, ramp_rules, ramp_takeover
 
@@ -109,8 +111,23 @@ def test_configured_ramp_rules_follow_the_critical_threshold() -> None:
     rules = ramp_rules(config, 300)
     assert set(rules) == {"memory_utilisation"}  # filesystem switched off
     rule = rules["memory_utilisation"]
-    assert rule.window_steps == 72 and rule.threshold == 0.9
-    assert rule.level == 0.85 * 0.9  # the default level factor laid under
+    default = DEFAULT_EARLY_WARNING["memory_utilisation"]
+    assert rule.window_steps == parse_duration(default["ramp_window"]) // 300
+    assert rule.threshold == 0.9
+    assert rule.level == pytest.approx(default["ramp_level"] * 0.9)  # the default laid under
+
+
+def test_a_configured_pace_gate_keeps_a_level_that_settled_from_taking_over() -> None:
+    config = Config(early_warning={"memory_utilisation": {"ramp_level": 0.8, "ramp_pace": "1h"}})
+    rule = ramp_rules(config, 300)["memory_utilisation"]
+    assert rule.pace_steps == 12
+    settled = _leaking(0.9)
+    settled = np.hstack([settled, np.full((1, 24), settled[0, -1])])  # flat for the last 2 h
+    served = np.full((1, 96, 3), 0.5)
+    assert ramp_takeover(_leaking(0.9), served, rule, QUANTILES, 300)[1].tolist() == [True]
+    unpaced = ramp_takeover(settled, served, replace(rule, pace_steps=0), QUANTILES, 300)[1]
+    assert ramp_takeover(settled, served, rule, QUANTILES, 300)[1].tolist() == [False]
+    assert unpaced.tolist() == [True]  # the 6 h fit alone still sees the earlier rise
 
 
 def test_a_ramp_without_a_threshold_is_a_configuration_error() -> None:
