@@ -230,6 +230,8 @@ class EarlyWarning(_Section):
     value is above `ramp_level` x the critical threshold and it sees a breach as more likely;
     with `ramp_pace`, also only where `predict_linear` over that last stretch alone reaches the
     critical threshold within the horizon (a ramp still rising, not a level that settled).
+    `ramp_detrend` fits the deviation from the usual day (the median of the last 3 days at the
+    same time) instead of the value itself: for quantities with a daily cycle.
     """
 
     warning: float = Field(0.5, gt=0.0, lt=1.0)
@@ -237,13 +239,27 @@ class EarlyWarning(_Section):
     ramp_window: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 0.0  # 0: off
     ramp_level: float = Field(0.0, ge=0.0, le=2.0)
     ramp_pace: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 0.0  # 0: off
+    ramp_detrend: bool = True
 
 
-# Tuned on the seed-2718 fleet by `training.ramp_study` (probability, level and fit window
-# chosen together; docs/RAMP-study.md), scored on fleets never used for it.
+# Tuned on the seed-4242 fleet (simulator with every precursor shape) by `training.ramp_study`
+# (fit window, level, pace gate and detrending chosen together; docs/RAMP-study.md); the
+# `warning` probabilities by `training.evaluate --tune-probability` on the same fleet through the
+# whole serving path; scored on fleets never used for either (docs/EVALUATION.md).
 DEFAULT_EARLY_WARNING: dict[str, dict[str, Any]] = {
-    "memory_utilisation": {"warning": 0.35, "ramp_window": "6h", "ramp_level": 0.85},
-    "filesystem_utilisation": {"warning": 0.5, "ramp_window": "6h", "ramp_level": 0.6},
+    "memory_utilisation": {
+        "warning": 0.9,
+        "ramp_window": "6h",
+        "ramp_level": 0.0,
+        "ramp_pace": "1h",
+        "ramp_detrend": False,
+    },
+    "filesystem_utilisation": {
+        "warning": 0.05,
+        "ramp_window": "4h",
+        "ramp_level": 0.0,
+        "ramp_pace": "1h",
+    },
 }
 
 

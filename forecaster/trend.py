@@ -57,7 +57,10 @@ def ramp_forecast(
     width = min(window, length)
     if n == 0 or width < 3:
         return out
-    usual = _usual_day(y, horizon, season, seasons)  # (N, L + horizon), NaN where unknown
+    if seasons > 0:
+        usual = _usual_day(y, horizon, season, seasons)  # (N, L + horizon), NaN where unknown
+    else:  # no detrending: a plain linear trend on the value
+        usual = np.zeros((n, length + horizon))
     tail = slice(length - width, length + horizon)
     known = np.isfinite(usual[:, tail]).all(axis=1)
     usual = np.where(known[:, None], usual, 0.0)
@@ -97,6 +100,7 @@ class RampRule:
     window: str = "8h"  # the breach window compared with the served forecast's
     z: float = 0.0  # the deviation from the usual day must be this unusual (0: no such gate)
     pace_steps: int = 0  # the last steps' own line must reach `threshold` within the horizon
+    seasons: int = 3  # earlier days the usual day is the median of (0: fit the value itself)
 
 
 def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
@@ -111,6 +115,7 @@ def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
                 level=settings.ramp_level * critical,
                 threshold=critical,
                 pace_steps=max(2, pace) if pace else 0,
+                seasons=3 if settings.ramp_detrend else 0,
             )
     return rules
 
@@ -119,22 +124,28 @@ def ramp_takeover(
     y: np.ndarray, served: np.ndarray, rule: RampRule, quantiles: Sequence[float], step: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ramp fan (N, H, Q), rows where it replaces `served`) for the (N, L) histories `y`:
-    rows whose last observed value is above `rule.level` and whose ramp breach probability
-    in `rule.window` exceeds that of `served` (NaN rows of `served` count as 0)."""
+    rows whose last observed value is above `rule.level`, that pass the deviation and pace
+    gates, and whose ramp breach probability in `rule.window` exceeds that of `served` (NaN
+    rows of `served` count as 0). Only the rows past the cheap gates are projected; the fan
+    is NaN for the others."""
     n, horizon = served.shape[0], served.shape[1]
-    fan = ramp_forecast(y, horizon, quantiles, window=rule.window_steps)
-    finite = np.isfinite(fan).all(axis=(1, 2))
-    last = _last_finite(y)
+    fan = np.full((n, horizon, len(quantiles)), np.nan)
+    take = np.zeros(n, dtype=bool)
     with np.errstate(invalid="ignore"):
-        gate = finite & (last > rule.level)
+        gate = _last_finite(y) > rule.level
         if rule.z > 0:
             gate &= deviation_z(y, recent=rule.window_steps) > rule.z
         if rule.pace_steps > 0:
             gate &= paced(y, rule.pace_steps, horizon, rule.threshold)
-    take = np.zeros(n, dtype=bool)
-    if not gate.any():
-        return fan, take
     rows = np.flatnonzero(gate)
+    if rows.size == 0:
+        return fan, take
+    fan[rows] = ramp_forecast(
+        y[rows], horizon, quantiles, window=rule.window_steps, seasons=rule.seasons
+    )
+    rows = rows[np.isfinite(fan[rows]).all(axis=(1, 2))]
+    if rows.size == 0:
+        return fan, take
     ramp_p, _ = breach_outlook(fan[rows], rule.threshold, step)
     base = np.where(np.isfinite(served[rows]), served[rows], -np.inf)
     served_p, _ = breach_outlook(base, rule.threshold, step)

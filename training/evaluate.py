@@ -26,7 +26,7 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +100,21 @@ def provenance(argv: list[str], started: float, threads: int) -> dict[str, Any]:
 
 
 def _replayed(data: Dataset, chain: Chain, fans, cache: Path | None, tag: str) -> Replay:
-    """The replay of `data`, read from `cache` when it holds one of the same model version and
-    history (its path, generating command and row count)."""
+    """The replay of `data`, read from `cache` when it holds one of the same model version,
+    history (its path, generating command and row count) and serving settings (the chain's
+    ramp rules and held history, the configuration's thresholds)."""
     path = None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        source = json.dumps([str(data.path.resolve()), data.meta.get("command"), len(data.wide)])
+        serving = {
+            "ramps": {q: asdict(r) for q, r in sorted(chain.ramps.items())},
+            "context_steps": chain.context_steps,
+            "thresholds": chain.config.model_dump(mode="json")["thresholds"],
+        }
+        source = json.dumps(
+            [str(data.path.resolve()), data.meta.get("command"), len(data.wide), serving],
+            sort_keys=True,
+        )
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
         path = cache / f"replay-{tag}-{data.path.name}-{digest}.npz"
         if path.exists():

@@ -46,12 +46,8 @@ def _header(result: dict[str, Any]) -> list[str]:
     counts = ", ".join(f"{k} {v}" for k, v in data["incidents_by_kind"].items())
     machine = result["machine"]
     dirty = " (working tree with uncommitted changes)" if result["git_dirty"] else ""
-    trained = result["model_training"]
-    span = trained.get("data") or {}
-    same = [str(span.get(k)).replace(" ", "T") for k in ("start", "end")] == [
-        tune["start"],
-        tune["end"],
-    ]
+    span = result["model_training"].get("data") or {}
+    same = _tuned_on_training(result)
     return [
         "# Early warning on labelled incidents",
         "",
@@ -84,6 +80,16 @@ def _header(result: dict[str, Any]) -> list[str]:
         result["command"].replace("python ", ".venv/bin/python ", 1),
         "```",
         "",
+    ]
+
+
+def _tuned_on_training(result: dict[str, Any]) -> bool:
+    """Whether the tuning history spans the model's training period (an optimistic tuning)."""
+    span = result["model_training"].get("data") or {}
+    tune = result["tune_data"]
+    return [str(span.get(k)).replace(" ", "T") for k in ("start", "end")] == [
+        tune["start"],
+        tune["end"],
     ]
 
 
@@ -187,8 +193,12 @@ def _findings(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"- With a probability threshold tuned per kind on the tuning history ({thresholds}) "
             f"the same rules reach recall {_fmt(m['recall'])} at precision "
-            f"{_fmt(m['precision'])}, median lead {_lead(m['lead_minutes']['median'])}; the "
-            "tuning history is the model's training data, so this line is optimistic."
+            f"{_fmt(m['precision'])}, median lead {_lead(m['lead_minutes']['median'])}"
+            + (
+                "; the tuning history is the model's training data, so this line is optimistic."
+                if _tuned_on_training(result)
+                else " (tuned on the tuning fleet, which the model never saw)."
+            )
         )
     lines += _overfit_finding(methods)
     lines += _precursor_finding(result)

@@ -4,9 +4,9 @@
 every history (the simulator's `server_metrics.parquet` layout, or a converted real dataset),
 the forecaster's own path at hourly origins after a warm-up of `--warmup` (default 3 days, the
 history the guard holds): `forecaster.clean.clean` on the window the service holds, then
-`forecaster.engine.forecast` with the service's `Guard` (`served`), and on the same origins
-the TFT alone, the service without the guard (`unguarded`: the TFT where it serves, the
-heuristic elsewhere), seasonal naive 24 h with bands from its own past errors
+`forecaster.engine.forecast` with the service's `Guard` and ramp outlooks (`served`), and on
+the same origins the TFT alone, the service without the guard (`unguarded`: the TFT where it
+serves, the heuristic elsewhere), seasonal naive 24 h with bands from its own past errors
 (`seasonal_naive`) and the heuristic's damped trend (`heuristic`, the guard's third
 candidate and the service's fallback on a 24 h window). Every contract quantity is a column of the
 window, so a history without some of them feeds the model what the service would (absent
@@ -44,6 +44,7 @@ from forecaster.guard import Guard, guard_params
 from forecaster.heuristic import heuristic_forecast
 from forecaster.models import ModelHolder
 from forecaster.promql import fetch_history
+from forecaster.trend import ramp_rules
 from training.metrics import coverage, nql
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def replay(
             wide[q.name] = np.nan
     held = int(config.guard.history // step)
     guard = Guard(guard_params(config.guard, step), step)
+    ramps = ramp_rules(config, step)  # the ramp outlook serves where it takes over, as live
     times = pd.to_datetime(wide["timestamp"], utc=True)
     first = int(times.min().value // 1_000_000_000)
     last = int(times.max().value // 1_000_000_000)
@@ -110,6 +112,7 @@ def replay(
             predictor,
             min_steps=config.cycle.warmup_steps,
             guard=guard,
+            ramps=ramps,
         )
         column = {name: i for i, name in enumerate(cleaned.quantities)}
         targets_at = origin + step * np.arange(1, HORIZON + 1)

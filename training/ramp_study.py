@@ -58,16 +58,18 @@ def ramp_probability(
     step: int,
     held: int,
     paces: tuple[int, ...] = PACES,
+    seasons: int = 3,
 ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """(N, origins) 8 h breach probability of the ramp outlook at each origin column, the
     deviation's z (`deviation_z`) and each pace gate (`paced`), from the last `held` steps
-    (the service's history)."""
+    (the service's history); `seasons` 0 fits the value itself, not its deviation from the
+    usual day."""
     out = np.full((y.shape[0], columns.size), np.nan)
     z = np.full((y.shape[0], columns.size), np.nan)
     pace = {p: np.ones((y.shape[0], columns.size), dtype=bool) for p in paces}
     for k, c in enumerate(columns):
         history = y[:, max(0, c + 1 - held) : c + 1]
-        projected = ramp_forecast(history, HORIZON, QUANTILES, window=window)
+        projected = ramp_forecast(history, HORIZON, QUANTILES, window=window, seasons=seasons)
         probability, _ = breach_outlook(np.nan_to_num(projected, nan=-np.inf), critical, step)
         out[:, k] = np.where(np.isfinite(projected).all(axis=(1, 2)), probability["8h"], 0.0)
         z[:, k] = deviation_z(history, recent=window)
@@ -127,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tune_data": str(args.tune_data),
         "data": str(args.data),
         "tune_seed": tune.meta.get("seed"),
+        "seasons": args.seasons,
         "seed": data.meta.get("seed"),
         "ramp": {},
         "baselines": {},
@@ -137,7 +140,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t_y = tune.grid.column(quantity)
         for window in args.windows:
             signal = ramp_probability(
-                t_y, t_cols, critical, window, step=step, held=held, paces=tuple(args.paces)
+                t_y,
+                t_cols,
+                critical,
+                window,
+                step=step,
+                held=held,
+                paces=tuple(args.paces),
+                seasons=args.seasons,
             )
             chosen, score = _choose(
                 signal,
@@ -158,7 +168,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tuning, window, chosen = picks[best]
         e_y = data.grid.column(quantity)
         signal = ramp_probability(
-            e_y, e_cols, critical, window, step=step, held=held, paces=tuple(args.paces)
+            e_y,
+            e_cols,
+            critical,
+            window,
+            step=step,
+            held=held,
+            paces=tuple(args.paces),
+            seasons=args.seasons,
         )
         firing = ramp_firing(signal, e_y[:, e_cols], chosen, critical=critical, step=step)
         score = ar.score(firing, e_times, data.events(quantity))
@@ -208,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--paces", nargs="+", type=int, default=list(PACES), help="pace gates")
     parser.add_argument("--zs", nargs="+", type=float, default=list(ZS), help="deviation gates")
+    parser.add_argument(
+        "--seasons",
+        type=int,
+        default=3,
+        help="days the usual day is the median of (0: fit the value, no detrending)",
+    )
     parser.add_argument("--json", type=Path, default=Path("docs/ramp_study.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
