@@ -101,6 +101,7 @@ class RampRule:
     z: float = 0.0  # the deviation from the usual day must be this unusual (0: no such gate)
     pace_steps: int = 0  # the last steps' own line must reach `threshold` within the horizon
     seasons: int = 3  # earlier days the usual day is the median of (0: fit the value itself)
+    probability: float = 0.0  # it serves only where its breach probability is above this
 
 
 def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
@@ -116,6 +117,7 @@ def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
                 threshold=critical,
                 pace_steps=max(2, pace) if pace else 0,
                 seasons=3 if settings.ramp_detrend else 0,
+                probability=settings.warning,
             )
     return rules
 
@@ -125,9 +127,11 @@ def ramp_takeover(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ramp fan (N, H, Q), rows where it replaces `served`) for the (N, L) histories `y`:
     rows whose last observed value is above `rule.level`, that pass the deviation and pace
-    gates, and whose ramp breach probability in `rule.window` exceeds that of `served` (NaN
-    rows of `served` count as 0). Only the rows past the cheap gates are projected; the fan
-    is NaN for the others."""
+    gates, and whose ramp breach probability in `rule.window` exceeds both that of `served`
+    (NaN rows of `served` count as 0) and `rule.probability` (the warning's: the ramp serves
+    only where it would warn, so its steep fan never replaces a better one for less; the
+    alert sees the larger of the two probabilities either way). Only the rows past the cheap
+    gates are projected; the fan is NaN for the others."""
     n, horizon = served.shape[0], served.shape[1]
     fan = np.full((n, horizon, len(quantiles)), np.nan)
     take = np.zeros(n, dtype=bool)
@@ -149,7 +153,9 @@ def ramp_takeover(
     ramp_p, _ = breach_outlook(fan[rows], rule.threshold, step)
     base = np.where(np.isfinite(served[rows]), served[rows], -np.inf)
     served_p, _ = breach_outlook(base, rule.threshold, step)
-    take[rows] = ramp_p[rule.window] > served_p[rule.window]
+    take[rows] = (ramp_p[rule.window] > served_p[rule.window]) & (
+        ramp_p[rule.window] > rule.probability
+    )
     return fan, take
 
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from forecaster.config import DEFAULT_EARLY_WARNING, Config, parse_duration
 from forecaster.heuristic import SEASON_STEPS
+from forecaster.risk import breach_outlook
 from forecaster.trend import MIN_SD, RampRule, ramp_forecast, ramp_rules, ramp_takeover
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -93,6 +94,25 @@ def test_a_served_forecast_that_already_sees_the_breach_stays() -> None:
     served = np.full((1, 96, 3), 0.99)  # certain breach from the first step
     _, take = ramp_takeover(y, served, RULE, QUANTILES, 300)
     assert take.tolist() == [False]
+
+
+def test_the_ramp_serves_only_where_its_probability_passes_the_warning() -> None:
+    unfloored = replace(RULE, level=0.0)
+    floored = replace(unfloored, probability=0.5)
+    barely = _leaking(0.65)  # a breach in 8 h is possible but far from likely
+    fan, take = ramp_takeover(barely, _flat_served(barely), unfloored, QUANTILES, 300)
+    assert 0.0 < breach_outlook(fan, RULE.threshold, 300)[0]["8h"][0] < 0.5
+    assert take.tolist() == [True]  # more than the flat forecast's zero
+    assert ramp_takeover(barely, _flat_served(barely), floored, QUANTILES, 300)[1].tolist() == [
+        False
+    ]
+    likely = _leaking(0.7)
+    assert ramp_takeover(likely, _flat_served(likely), floored, QUANTILES, 300)[1].tolist() == [
+        True
+    ]
+    config = Config()
+    for name, rule in ramp_rules(config, 300).items():
+        assert rule.probability == config.early_warning[name].warning
 
 
 def test_missing_served_rows_and_short_histories_do_not_take_over_or_fail() -> None:
