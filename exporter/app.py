@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exporter import schemas
 from exporter.collector import CONTENT_TYPE, is_stale
@@ -46,6 +48,7 @@ _SLUGS = {
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
+    415: "unsupported_media_type",
     422: "unprocessable",
     429: "too_many_requests",
     503: "unavailable",
@@ -138,6 +141,13 @@ async def read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def is_json_type(header: str | None) -> bool:
+    """Whether a `Content-Type` header declares JSON: `application/json`, `application/*+json`."""
+    media = (header or "").partition(";")[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
 def parse_records(raw: bytes) -> list[Any]:
     """The records of a feed body: `{"records": [...]}` or a bare JSON list."""
     try:
@@ -152,12 +162,15 @@ def parse_records(raw: bytes) -> list[Any]:
 
 
 def feed_result(accepted: int, rejected: Sequence[tuple[int, str]], total: int) -> Response:
-    """200 when every record was kept, else 422 with the per-record reasons."""
+    """200 when every record was kept, else 422 with the per-record reasons, summed up by
+    reason (most frequent first) in `reason`."""
     refused = [{"index": int(index), "reason": str(reason)} for index, reason in rejected]
     body: dict[str, Any] = {"accepted": int(accepted), "rejected": refused}
     if not refused:
         return _json(body)
-    reason = f"{len(refused)} of {total} records refused"
+    counts = Counter(item["reason"] for item in refused).most_common()
+    summary = ", ".join(f"{count} {reason}" for reason, count in counts)
+    reason = f"{len(refused)} of {total} records refused: {summary}"
     return _json({"error": "rejected_records", "reason": reason, **body}, 422)
 
 
@@ -327,19 +340,24 @@ def _write_routes(
     @app.post(
         "/feed/data",
         summary="Push records (seed format); good records are kept even if others are refused",
-        description='Body `{"records": [...]}` or a bare list, at most max_body_bytes. '
-        "200 when every record was accepted, 422 with per-record reasons otherwise.",
+        description='JSON body `{"records": [...]}` or a bare list, at most max_body_bytes. '
+        "200 when every record was accepted, 422 with per-record reasons otherwise; "
+        "each record is checked on its own, so refused ones never cost the others.",
         dependencies=guarded,
         responses={
             200: {"model": schemas.FeedResult},
             422: {"model": schemas.FeedResult},
             413: {"model": schemas.ErrorBody},
+            415: {"model": schemas.ErrorBody},
             503: {"model": schemas.ErrorBody},
         },
     )
     async def feed_data(request: Request) -> Response:
         if ingest is None:
             raise ApiError(503, "unavailable", "record ingestion is not configured")
+        if not is_json_type(request.headers.get("content-type")):
+            reason = "the body must be JSON (Content-Type: application/json)"
+            raise ApiError(415, "unsupported_media_type", reason)
         records = parse_records(await read_capped(request, max_body_bytes))
         accepted, rejected = await run_in_threadpool(ingest, records)
         return feed_result(accepted, rejected, len(records))
@@ -357,8 +375,37 @@ def _write_routes(
         return _json({"status": "reload requested"})
 
 
+class CatchUnexpected:
+    """ASGI middleware: an exception no handler took is logged once, with its traceback, and
+    answered 500 as JSON. (Starlette's catch-all answers too, but then re-raises the exception
+    for the server to log a second time.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log.error("unhandled %s in a request handler", type(exc).__name__, exc_info=exc)
+            if not started:  # otherwise the client sees the response cut short
+                reason = "unexpected error; see the forecaster's log"
+                await _error(500, "internal_error", reason)(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error as JSON {error, reason}; never a traceback or a path."""
+    app.add_middleware(CatchUnexpected)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -370,11 +417,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(400, "bad_request", first_error(exc.errors()))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled %s in a request handler", type(exc).__name__, exc_info=exc)
-        return _error(500, "internal_error", "unexpected error; see the forecaster's log")
 
 
 def first_error(errors: Sequence[Any]) -> str:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from forecaster.contract import Quantity
+from forecaster.contract import MAGNITUDE_LIMIT, Quantity
 from forecaster.frames import nanoseconds, require_columns, to_utc
 
 REASONS = (
@@ -62,8 +62,6 @@ REASONS = (
 )
 # Columns of a WIDE frame that are not quantities.
 META_COLUMNS = ("instance", "timestamp", "profile", "state")
-# Bound on |value|: sums and squares over a day of steps stay finite in float64.
-MAGNITUDE_LIMIT = 1e18
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,25 @@ from pathlib import Path
 import yaml
 
 ROLES = ("target", "covariate")
+Domain = tuple[float | None, float | None]
+MAGNITUDE_LIMIT = 1e18
+"""Bound on |value| of any quantity: sums and squares over a day of steps stay finite."""
+IMPOSSIBLE_WIDTHS = 1000.0
+"""A value further outside a bounded domain than this many domain widths is impossible, not a
+unit mistake (a percentage fed as a ratio lies within 100 widths of the domain)."""
+
+
+def possible_range(domain: Domain) -> tuple[float, float]:
+    """The [low, high] a value of a quantity with `domain` can take, unit mistakes included.
+
+    Beyond it a value is no measurement at all: farther than `IMPOSSIBLE_WIDTHS` domain widths
+    outside a domain bounded on both sides, or larger in magnitude than `MAGNITUDE_LIMIT`.
+    """
+    low, high = domain
+    if low is None or high is None:
+        return -MAGNITUDE_LIMIT, MAGNITUDE_LIMIT
+    margin = IMPOSSIBLE_WIDTHS * (high - low)
+    return max(low - margin, -MAGNITUDE_LIMIT), min(high + margin, MAGNITUDE_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -22,7 +41,7 @@ class Quantity:
     name: str
     role: str
     unit: str
-    domain: tuple[float | None, float | None]
+    domain: Domain
     record: str
     expr: str
 

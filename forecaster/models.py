@@ -3,8 +3,11 @@
 `ModelHolder` loads the registry's current version in a background thread (so the service
 serves heuristic forecasts, or its persisted snapshot, before torch is even imported), then
 polls the registry pointer every `reload_interval` and swaps in a newly promoted version. A
-version that fails verification or loading is refused with a bounded reason and the model
-already serving keeps serving. torch is imported only inside the loading thread.
+version that fails verification, its artefacts' schemas (`forecaster.model.schema`, checked
+before torch is imported) or loading is refused with a bounded reason and one log line, and
+the model already serving keeps serving; with none serving yet (a start), the pointer's
+previous version is tried before the heuristic takes over. torch is imported only inside the
+loading thread.
 """
 
 from __future__ import annotations
@@ -44,8 +47,15 @@ def resolve_device(requested: str) -> str:
 def load_version(
     registry: Registry, version: str, contract_version: str, settings: ModelSettings
 ) -> LoadedModel:
-    """Verify `version` (hashes, contract) and build its predictor; RegistryError if refused."""
-    registry.verify(version, contract_version)
+    """Verify `version` (hashes, contract, artefact schemas) and build its predictor;
+    RegistryError if refused."""
+    manifest = registry.verify(version, contract_version)
+    from forecaster.model.schema import ArtefactError, check_version
+
+    try:
+        check_version(registry.path(version), manifest.files)
+    except ArtefactError as exc:
+        raise RegistryError("invalid", f"{version}: {exc}") from None
     import torch
 
     from forecaster.model.fast import FastPredictor
@@ -92,12 +102,16 @@ class ModelHolder:
         return self._current
 
     def check(self) -> LoadedModel | None:
-        """Load the registry's current version if it is new; returns the serving model."""
+        """Load the registry's current version if it is new; returns the serving model.
+
+        When it is refused and no model serves yet, the pointer's previous version is tried.
+        """
         with self._lock:
             try:
-                wanted = self.registry.current()
-            except (OSError, ValueError) as exc:
+                pointer = self.registry.pointer()
+            except (OSError, ValueError, AttributeError) as exc:
                 return self._refuse("corrupt", f"unreadable registry pointer: {exc}", None)
+            wanted, previous = pointer["version"], pointer["previous"]
             if wanted is None:
                 if self._refused != "":
                     log.warning("no model in %s: serving heuristic forecasts", self.registry.root)
@@ -108,34 +122,58 @@ class ModelHolder:
                 return self._current
             if wanted == self._refused:
                 return self._current
-            loaded = self._load(wanted)
+            fallback = previous if self._current is None and previous != wanted else None
+            loaded = self._load(wanted, fallback)
+            if loaded is None and fallback is not None:
+                loaded = self._load(fallback, None, instead_of=wanted)
             if loaded is None:
                 return self._current
         if self.on_change is not None:
             self.on_change(loaded)
         return loaded
 
-    def _load(self, wanted: str) -> LoadedModel | None:
-        """Load `wanted` and make it current; None (and the old model stays) if refused."""
+    def _load(
+        self, version: str, fallback: str | None, instead_of: str | None = None
+    ) -> LoadedModel | None:
+        """Load `version` and make it current; None (and the old model stays) if refused.
+
+        `fallback` names the version tried next if this one is refused (for the log line);
+        `instead_of` the refused version this one stands in for, which stays refused (so it
+        is not retried at every poll, only when promoted anew or on `reload_now`).
+        """
         try:
-            loaded = self._loader(self.registry, wanted, self.contract_version, self.settings)
+            loaded = self._loader(self.registry, version, self.contract_version, self.settings)
         except RegistryError as exc:
-            self._refuse(exc.reason, str(exc), wanted)
+            self._refuse(exc.reason, str(exc), instead_of or version, fallback)
             return None
         except Exception as exc:  # a broken artefact must never stop the service
-            self._refuse("load_error", f"{wanted}: {type(exc).__name__}: {exc}", wanted)
+            message = f"{version}: {type(exc).__name__}: {exc}"
+            self._refuse("load_error", message, instead_of or version, fallback)
             return None
-        previous = self._current.version if self._current else None
+        was = self._current.version if self._current else None
         self._current = loaded
-        self._refused = None
-        log.info("model %s loaded on %s (was %s)", loaded.version, loaded.device, previous)
+        self._refused = instead_of
+        if instead_of is None:
+            log.info("model %s loaded on %s (was %s)", loaded.version, loaded.device, was)
+        else:
+            log.warning(
+                "previous model %s loaded on %s in place of the refused %s",
+                loaded.version,
+                loaded.device,
+                instead_of,
+            )
         return loaded
 
-    def _refuse(self, reason: str, message: str, version: str | None) -> LoadedModel | None:
+    def _refuse(
+        self, reason: str, message: str, version: str | None, fallback: str | None = None
+    ) -> LoadedModel | None:
         self.failures[reason] += 1
         self._refused = version
-        serving = self._current.version if self._current else "the heuristic"
-        log.error("model refused (%s): %s; %s keeps serving", reason, message, serving)
+        if fallback is not None:
+            then = f"trying the previous version {fallback}"
+        else:
+            then = f"{self._current.version if self._current else 'the heuristic'} keeps serving"
+        log.error("model refused (%s): %s; %s", reason, message, then)
         return self._current
 
     def reload_now(self) -> None:

@@ -35,9 +35,10 @@ KEEP_VERSIONS = 3
 
 
 class RegistryError(Exception):
-    """A version that cannot be used; `reason` is one of a small fixed set."""
+    """A version that cannot be used; `reason` is one of a small fixed set (`invalid`: the
+    hashes verify but an artefact fails its schema, see `forecaster.model.schema`)."""
 
-    REASONS = ("missing", "checksum", "contract", "corrupt", "invalid_name")
+    REASONS = ("missing", "checksum", "contract", "corrupt", "invalid_name", "invalid")
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)

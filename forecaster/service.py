@@ -491,9 +491,19 @@ class Service:
     # --- pushed records ---------------------------------------------------------------------
 
     def ingest(self, records: Sequence[object]) -> tuple[int, list[tuple[int, str]]]:
-        """Validate pushed records against the contract and add the good ones to the window."""
+        """Validate pushed records against the contract and add the good ones to the window.
+
+        A record is refused, with its reason, when a value is one its quantity cannot take
+        (its domain, custom quantities included) or its time lies outside what the window uses.
+        """
         names = [q.name for q in self.quantities]
-        frame, errors = from_records(records, names, self.contract.step_seconds)
+        frame, errors = from_records(
+            records,
+            names,
+            self.contract.step_seconds,
+            domains={q.name: q.domain for q in self.quantities},
+            window=self.window.push_span(self.clock()),
+        )
         if not frame.empty:
             self.window.push(frame)
         return len(records) - len(errors), [(e.index, e.reason) for e in errors]

@@ -21,6 +21,9 @@ import pandas as pd
 
 from forecaster.frames import KEYS, STEP_SECONDS, combine, nanoseconds, regrid
 
+PUSH_LEAD_SECONDS = 600.0
+"""How far past the clock a pushed record may lie (a pusher whose clock runs ahead of ours)."""
+
 
 @dataclass(frozen=True)
 class FetchPlan:
@@ -106,6 +109,17 @@ class HistoryWindow:
             ends = [e for e in (self._end, _last_step(frame, self.step)) if e is not None]
             end = max(ends) if ends else None
             self._frame = self._fit(_concat(self._frame, frame.loc[:, columns]), end)
+
+    def push_span(self, now: float, lead: float = PUSH_LEAD_SECONDS) -> tuple[float, float]:
+        """(oldest, newest]: the unix times a pushed record must carry for the window to use it.
+
+        A record no later than `context_steps` before the window's last fetched step (`now`
+        before the first fetch) would be trimmed at once; one more than `lead` after `now` (or
+        after that step, if the source's clock is ahead) lies in the future and would move the
+        window's end, pushing held history out. Give it to `frames.from_records` as `window`.
+        """
+        end = float(self._end) if self._end is not None else float(now)
+        return end - self.context_steps * self.step, max(end, float(now)) + lead
 
     def frame(self) -> pd.DataFrame:
         """The current WIDE frame (a snapshot; callers may not mutate it)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -59,7 +60,10 @@ class IncidentRequest(BaseModel):
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
         if value is not None:
-            seconds = parse_duration(value)
+            try:
+                seconds = parse_duration(value)
+            except OverflowError:  # more digits than a float holds: far beyond the bound
+                seconds = math.inf
             if not 0 < seconds <= 86400:
                 raise ValueError("must be between 1s and 24h")
         return value
@@ -80,6 +84,22 @@ def _self_metrics(engine: Engine) -> tuple[CollectorRegistry, Counter]:
     return registry, scrapes
 
 
+async def read_object(request: Request) -> dict:
+    """The request's JSON object; ApiError 413 beyond MAX_BODY_BYTES, 400 for anything else."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "body too large", f"at most {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "malformed JSON", str(exc)) from None
+    except RecursionError:  # arrays or objects nested beyond the parser's depth
+        raise ApiError(400, "malformed JSON", "nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "malformed JSON", "expected a JSON object")
+    return data
+
+
 def build_app(engine: Engine, token: str | None = None) -> FastAPI:
     """The FastAPI application over `engine`; `token` guards the mutating routes."""
     app = FastAPI(title="Fleet simulator", version=__version__)
@@ -92,18 +112,6 @@ def build_app(engine: Engine, token: str | None = None) -> FastAPI:
             raise ApiError(401, "unauthorized", "missing bearer token")
         if not hmac.compare_digest(authorization.removeprefix("Bearer ").encode(), token.encode()):
             raise ApiError(403, "forbidden", "wrong bearer token")
-
-    async def body(request: Request) -> dict:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, "body too large", f"at most {MAX_BODY_BYTES} bytes")
-        try:
-            data = json.loads(raw or b"null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, "malformed JSON", str(exc)) from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "malformed JSON", "expected a JSON object")
-        return data
 
     _install_error_handlers(app)
 
@@ -135,7 +143,7 @@ def build_app(engine: Engine, token: str | None = None) -> FastAPI:
 
     @app.post("/scenario/set", dependencies=[Depends(authorise)])
     async def set_scenario(request: Request) -> dict:
-        data = ScenarioRequest.model_validate(await body(request))
+        data = ScenarioRequest.model_validate(await read_object(request))
         if data.scenario not in sch.SCENARIOS:
             valid = ", ".join(sch.SCENARIOS)
             raise ApiError(400, "unknown scenario", f"{data.scenario!r}; valid: {valid}")
@@ -145,7 +153,7 @@ def build_app(engine: Engine, token: str | None = None) -> FastAPI:
 
     @app.post("/incident/inject", status_code=201, dependencies=[Depends(authorise)])
     async def inject(request: Request) -> dict:
-        data = IncidentRequest.model_validate(await body(request))
+        data = IncidentRequest.model_validate(await read_object(request))
         if data.kind not in sch.KIND_BY_NAME:
             valid = ", ".join(sch.KIND_BY_NAME)
             raise ApiError(400, "unknown incident kind", f"{data.kind!r}; valid: {valid}")

@@ -17,6 +17,7 @@ from safetensors.torch import load_model, save_model
 from forecaster.model.calibration import FILENAME as CALIBRATION
 from forecaster.model.calibration import Calibration
 from forecaster.model.config import TFTConfig
+from forecaster.model.schema import DATASET_PARAMETERS, MODEL_CONFIG, WEIGHTS, check_bundle
 from forecaster.model.serialize import (
     from_json,
     hparams_from_json,
@@ -24,10 +25,6 @@ from forecaster.model.serialize import (
     quantile_loss,
     to_json,
 )
-
-WEIGHTS = "model.safetensors"
-MODEL_CONFIG = "model_config.json"
-DATASET_PARAMETERS = "dataset_parameters.json"
 
 
 @dataclass
@@ -82,7 +79,12 @@ def save_bundle(bundle: ModelBundle, directory: Path) -> list[str]:
 
 
 def load_bundle(directory: Path, device: str = "cpu") -> ModelBundle:
-    """Rebuild a model from `directory` (checked by the registry first); strict weight loading."""
+    """Rebuild a model from `directory` (checked by the registry first); strict weight loading.
+
+    The artefacts are checked against their schemas before anything is built from them
+    (`forecaster.model.schema.ArtefactError`, a ValueError, if one fails).
+    """
+    check_bundle(directory)
     model_config = json.loads((directory / MODEL_CONFIG).read_text())
     config = TFTConfig.from_json(model_config["config"])
     with warnings.catch_warnings():  # Lightning's advice on checkpointing: no checkpoints here

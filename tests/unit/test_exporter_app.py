@@ -31,6 +31,7 @@ with warnings.catch_warnings():  # starlette's note about httpx vs httpx2
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON_BODY = {"Content-Type": "application/json"}
 STALE_AFTER = 1800.0
 QUANTITIES = {
     "cpu_utilisation",
@@ -365,7 +366,7 @@ def test_feed_data_refuses_malformed_bodies_with_400(client, raw):
 def test_feed_data_refuses_a_body_declared_over_the_cap_with_413():
     _, app = make(ingest=Feed(), max_body_bytes=1000)
     with TestClient(app) as c:
-        response = c.post("/feed/data", content=b"[" + b" " * 2000 + b"]")
+        response = c.post("/feed/data", content=b"[" + b" " * 2000 + b"]", headers=JSON_BODY)
     assert response.status_code == 413
     assert response.json()["error"] == "payload_too_large"
 
@@ -380,9 +381,58 @@ def test_feed_data_refuses_a_streamed_body_over_the_cap_with_413():
         yield b"]"
 
     with TestClient(app) as c:
-        response = c.post("/feed/data", content=chunks())
+        response = c.post("/feed/data", content=chunks(), headers=JSON_BODY)
     assert "content-length" not in response.request.headers
     assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "json", "*/*", "text/x+json"],
+)
+def test_feed_data_refuses_a_body_that_is_not_declared_json_with_415(content_type):
+    feed = Feed()
+    _, app = make(ingest=feed)
+    headers = {"Content-Type": content_type} if content_type else {}
+    with TestClient(app) as c:
+        response = c.post("/feed/data", content=b'[{"instance": "a"}]', headers=headers)
+    assert response.status_code == 415
+    assert response.json() == {
+        "error": "unsupported_media_type",
+        "reason": "the body must be JSON (Content-Type: application/json)",
+    }
+    assert feed.kept == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/vnd.api+json",
+    ],
+)
+def test_feed_data_accepts_every_json_content_type(content_type):
+    _, app = make(ingest=Feed())
+    with TestClient(app) as c:
+        response = c.post(
+            "/feed/data", content=b'[{"instance": "a"}]', headers={"Content-Type": content_type}
+        )
+    assert response.status_code == 200
+
+
+def test_feed_data_sums_the_refused_records_up_by_reason():
+    def ingest(records: list) -> tuple[int, list[tuple[int, str]]]:
+        return 1, [(0, "impossible_value"), (2, "outside_window"), (3, "impossible_value")]
+
+    _, app = make(ingest=ingest)
+    with TestClient(app) as c:
+        response = c.post("/feed/data", json=[{}, {}, {}, {}])
+    assert response.status_code == 422
+    body = response.json()
+    assert body["reason"] == "3 of 4 records refused: 2 impossible_value, 1 outside_window"
+    assert body["accepted"] == 1 and [r["index"] for r in body["rejected"]] == [0, 2, 3]
 
 
 def test_feed_data_without_an_ingest_callable_is_503():
@@ -496,6 +546,23 @@ def test_error_bodies_are_json_without_tracebacks_or_paths():
         assert "Traceback" not in response.text
         assert "/work" not in response.text
         assert "RuntimeError" not in response.text
+
+
+def test_an_unexpected_error_is_logged_once_with_its_traceback_and_answered_500(caplog):
+    def broken(records: list) -> tuple[int, list]:
+        raise RuntimeError("boom")
+
+    _, app = make(ingest=broken)
+    with caplog.at_level("ERROR"), TestClient(app) as c:  # the exception must not escape
+        response = c.post("/feed/data", json=[])
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "internal_error",
+        "reason": "unexpected error; see the forecaster's log",
+    }
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert "RuntimeError" in errors[0].getMessage()
 
 
 def test_openapi_documents_every_route_with_a_summary(client):

@@ -391,6 +391,127 @@ def test_from_records_never_raises_and_reports_every_refused_record(records):
     assert not frame.duplicated(["instance", "timestamp"]).any()
 
 
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        10**400,
+        -(10**400),
+        2**63,
+        float("inf"),
+        float("nan"),
+        "9999-12-31T23:59:59Z",
+        "2025-10-09T10:55:00+99:00",
+        "2025-10-09T24:00:00",
+    ],
+)
+def test_a_timestamp_no_datetime_holds_refuses_only_its_own_record(stamp):
+    records = [GOOD, GOOD | {"server_name": "big", "timestamp": stamp}, GOOD | {"server_name": "b"}]
+    frame, errors = from_records(records, QUANTITIES)
+    assert errors == [RecordError(1, "invalid_timestamp")]
+    assert list(frame["instance"]) == ["b", "ppdb001"]
+    assert list(frame["timestamp"]) == [utc(T0), utc(T0)]
+
+
+ANY_VALUE = JSON | st.integers(-(10**400), 10**400) | st.floats(-1e308, 1e308)
+ONE_FIELD_OFF = st.builds(
+    lambda field, value: GOOD | {"server_name": "x", field: value},
+    st.sampled_from(["timestamp", "cpu_pct", "cpu_utilisation", "disk_io", "profile"]),
+    ANY_VALUE,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(JSON, st.dictionaries(st.sampled_from(list(GOOD)), ANY_VALUE), ONE_FIELD_OFF),
+        max_size=5,
+    ),
+    st.data(),
+)
+def test_every_good_record_is_kept_whatever_the_others_hold(junk, data):
+    good = [GOOD | {"server_name": f"good{k}", "timestamp": T0 + 300 * k} for k in range(3)]
+    records = list(junk)
+    for record in good:
+        records.insert(data.draw(st.integers(0, len(records))), record)
+    frame, errors = from_records(records, QUANTITIES)
+    refused = {error.index for error in errors}
+    assert not refused & {records.index(record) for record in good}
+    kept = frame.set_index("instance")
+    for k in range(3):
+        assert kept.loc[f"good{k}", "timestamp"] == utc(T0 + 300 * k)
+        assert kept.loc[f"good{k}", "cpu_utilisation"] == 0.5
+
+
+WINDOW = (T0 - 3000, T0 + 600)  # (oldest, newest] unix seconds a record may carry
+
+
+@pytest.mark.parametrize(
+    ("stamp", "reason"),
+    [
+        (0, "outside_window"),  # 1970
+        ("1970-01-01T00:00:00Z", "outside_window"),
+        (T0 - 3000, "outside_window"),
+        (T0 - 2999, None),
+        (T0, None),
+        ("2025-10-09T08:55:00Z", None),
+        (T0 + 600, None),
+        (T0 + 601, "outside_window"),
+        (T0 + 86_400 * 365, "outside_window"),
+    ],
+)
+def test_records_outside_the_window_are_refused_with_a_reason(stamp, reason):
+    records = [GOOD, GOOD | {"server_name": "other", "timestamp": stamp}]
+    frame, errors = from_records(records, QUANTITIES, window=WINDOW)
+    assert errors == ([RecordError(1, reason)] if reason else [])
+    assert set(frame["instance"]) == ({"ppdb001"} if reason else {"ppdb001", "other"})
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cpu_pct": 1e308},  # a ratio of 1e306
+        {"cpu_utilisation": 1e306},
+        {"cpu_utilisation": -5000.0},
+        {"mem_pct": 2e5},  # 2000 as a ratio: no unit mistake explains it
+        {"disk_io_mb_s": 1e308},  # finite in, beyond float64 once converted to bytes/s
+        {"disk_io": 1e19},  # beyond any plausible magnitude
+        {"latency_ms": -1e300},
+    ],
+)
+def test_impossible_values_refuse_their_record(fields):
+    records = [GOOD, {"server_name": "b", "timestamp": T0, "mem_pct": 40} | fields]
+    frame, errors = from_records(records, QUANTITIES)
+    assert errors == [RecordError(1, "impossible_value")]
+    assert list(frame["instance"]) == ["ppdb001"]
+
+
+def test_values_merely_outside_the_domain_are_kept_for_the_cleaner_to_clip():
+    records = [
+        GOOD | {"cpu_pct": 101.5},  # rounding
+        GOOD | {"server_name": "b", "cpu_pct": None, "cpu_utilisation": 45.0},  # percent
+        GOOD | {"server_name": "c", "disk_io": -3.0, "cpu_pct": None},
+    ]
+    frame, errors = from_records(records, QUANTITIES)
+    assert errors == []
+    assert frame.set_index("instance")["cpu_utilisation"].to_dict() == pytest.approx(
+        {"b": 45.0, "c": np.nan, "ppdb001": 1.015}, nan_ok=True
+    )
+
+
+def test_domains_can_be_given_for_quantities_the_packaged_contract_lacks():
+    names = (*QUANTITIES, "queue_ratio")
+    records = [
+        GOOD | {"queue_ratio": 0.25},
+        GOOD | {"server_name": "b", "queue_ratio": 5000.0},
+        GOOD | {"server_name": "c", "queue_ratio": 1e19},
+    ]
+    _, magnitude_only = from_records(records, names)
+    frame, errors = from_records(records, names, domains={"queue_ratio": (0, 1)})
+    assert magnitude_only == [RecordError(2, "impossible_value")]
+    assert errors == [RecordError(1, "impossible_value"), RecordError(2, "impossible_value")]
+    assert frame["queue_ratio"].tolist() == [0.25]
+
+
 # --- regrid -------------------------------------------------------------------------------------
 
 

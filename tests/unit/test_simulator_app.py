@@ -137,6 +137,31 @@ def test_bad_incident_requests_are_rejected(client, payload, status):
     assert set(response.json()) == {"error", "reason"}
 
 
+@pytest.mark.parametrize("path", ["/scenario/set", "/incident/inject"])
+def test_deeply_nested_json_is_400_not_500(path):
+    client = TestClient(build_app(_engine()), raise_server_exceptions=False)
+    nested = b"[" * 30_000 + b"]" * 30_000
+    assert len(nested) < 64 * 1024  # within the body cap: the parser itself must refuse it
+    response = client.post(path, content=nested, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "malformed JSON", "reason": "nested too deeply"}
+
+
+@pytest.mark.parametrize("field", ["ramp", "hold"])
+@pytest.mark.parametrize("unit", ["s", "m", "d"])
+def test_a_duration_beyond_float_range_is_400_not_500(field, unit):
+    client = TestClient(build_app(_engine()), raise_server_exceptions=False)
+    payload = {"node": "ppweb001", "kind": "memory_leak", field: "9" * 400 + unit}
+    response = client.post("/incident/inject", json=payload)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "invalid request"
+    assert body["reason"].startswith(f"{field}: ")
+    assert "between 1s and 24h" in body["reason"]
+    listed = client.get("/incidents").json()["incidents"]
+    assert not any(i["source"] == "api" for i in listed)  # nothing was injected
+
+
 def test_mutating_routes_need_the_token_when_one_is_configured():
     client = TestClient(build_app(_engine(), token="s3cret"))
     routes = [
