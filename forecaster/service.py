@@ -53,12 +53,11 @@ from forecaster.risk import (
     risk_scores,
 )
 from forecaster.trend import ramp_rules
-from forecaster.window import HistoryWindow
+from forecaster.window import CONTEXT_STEPS, HistoryWindow, held_steps
 
 log = logging.getLogger(__name__)
 UNIT_MISTAKE_SHARE = 0.5
 """A series with more than this share of its window outside the domain gets a warning."""
-CONTEXT_STEPS = 288
 """The model's context and the first fetch after a start or gap: 24 h of 5-minute steps."""
 Publish = Callable[[Snapshot, ServiceState], None]
 
@@ -118,11 +117,9 @@ class Service:
         settings = config.guard
         self.guard = Guard(guard_params(settings, step), step) if settings.enabled else None
         self.ramps = ramp_rules(config, step)
-        long = self.guard is not None or bool(self.ramps)  # both read >= 2 seasons back
-        held = max(CONTEXT_STEPS, int(settings.history // step)) if long else CONTEXT_STEPS
         self.window = HistoryWindow(
             tuple(q.name for q in self.quantities),
-            held,
+            held_steps(settings.history, step, long=self.guard is not None or bool(self.ramps)),
             step,
             first_steps=CONTEXT_STEPS,
             chunk_steps=max(1, int(settings.backfill_chunk // step)),

@@ -21,6 +21,16 @@ import pandas as pd
 
 from forecaster.frames import KEYS, STEP_SECONDS, combine, nanoseconds, regrid
 
+CONTEXT_STEPS = 288
+"""A day of 5-minute steps: the least the window holds (what the model and heuristic read)."""
+
+
+def held_steps(history_seconds: float, step: int, *, long: bool) -> int:
+    """Steps the service's window holds: `history_seconds` (at least a day) when something
+    reads two seasons back or more (the forecast guard, a ramp outlook), else a day."""
+    return max(CONTEXT_STEPS, int(history_seconds // step)) if long else CONTEXT_STEPS
+
+
 PUSH_LEAD_SECONDS = 600.0
 """How far past the clock a pushed record may lie (a pusher whose clock runs ahead of ours)."""
 

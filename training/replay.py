@@ -40,9 +40,9 @@ from forecaster.engine import forecast
 from forecaster.frames import RangeResult
 from forecaster.risk import breach_outlook
 from forecaster.trend import RampRule, ramp_rules
+from forecaster.window import CONTEXT_STEPS, held_steps
 
 log = logging.getLogger(__name__)
-CONTEXT_STEPS = 288
 HORIZON = 96
 
 
@@ -131,7 +131,7 @@ class Chain:
         quantities = targets + tuple(q for q in covariates if q not in targets)
         step = contract.step_seconds
         ramps = ramp_rules(config, step)
-        held = max(CONTEXT_STEPS, int(config.guard.history // step)) if ramps else CONTEXT_STEPS
+        held = held_steps(config.guard.history, step, long=bool(ramps))  # the replay: no guard
         return cls(config, quantities, targets, predictor, step, ramps, held)
 
     def outlook(self, frame: pd.DataFrame, end: int, profiles: Mapping[str, str]):
