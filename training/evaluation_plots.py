@@ -5,6 +5,7 @@
   before the breach), the critical threshold, the breach, our alert episodes shaded, the first
   alert of every baseline marked, and below it the 30 min and 8 h breach probabilities;
 * the lead-time histogram of every method, stacked by kind;
+* precision against recall of every method, one panel per kind, with the goal's corner;
 * calibration per horizon: p10-p90 coverage, and the shares below p10, p50 and p90.
 """
 
@@ -33,6 +34,7 @@ def draw_plots(
     """Write every plot into `images` as `<stem>_*.png`; their paths in report order."""
     figures = _fan_charts(result, extra, images, stem)
     figures.append(_save(_lead_histograms(result), images / f"{stem}_lead_times.png"))
+    figures.append(_save(_precision_recall(result), images / f"{stem}_precision_recall.png"))
     figures.append(_save(_calibration(extra["state"]), images / f"{stem}_coverage.png"))
     return figures
 
@@ -80,6 +82,38 @@ def _lead_histograms(result: dict[str, Any]) -> Figure:
     for axis in axes[-1]:
         axis.set_xlabel("lead time (h, breach - first alert)")
     axes.flat[0].legend(fontsize=7)
+    return figure
+
+
+def _precision_recall(result: dict[str, Any]) -> Figure:
+    """Every method's operating point per kind (recall, precision), marker size by lead."""
+    methods = result["methods"]
+    kinds = list(next(iter(methods.values()))["per_kind"])
+    figure = Figure(figsize=(11, 3.2 * -(-len(kinds) // 2)))
+    axes = figure.subplots(-(-len(kinds) // 2), 2, squeeze=False)
+    markers = "os^vD<>P*X"
+    for axis, kind in zip(axes.flat, kinds, strict=False):
+        axis.axhspan(0.9, 1.02, xmin=0.92 / 1.04, color="tab:green", alpha=0.12, label="goal")
+        for k, (name, entry) in enumerate(methods.items()):
+            m = entry["per_kind"][kind]
+            if m["recall"] is None or m["precision"] is None:
+                continue
+            lead = m["lead_minutes"]["median"] or 0.0
+            axis.scatter(
+                m["recall"],
+                m["precision"],
+                s=20 + lead / 2,
+                marker=markers[k % len(markers)],
+                label=f"{name} ({_lead(m['lead_minutes']['median'])})",
+            )
+        axis.set_xlim(-0.02, 1.02)
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_title(kind, fontsize=9)
+        axis.set_xlabel("recall")
+        axis.set_ylabel("precision")
+        axis.legend(fontsize=6, loc="center", framealpha=0.6)
+    for axis in axes.flat[len(kinds) :]:
+        axis.set_visible(False)
     return figure
 
 
