@@ -143,9 +143,12 @@ def test_forecast_rules_read_the_configured_alert_probability():
     rules, _ = ar.parse_forecast_rules(RULES, config)
     by = {(r.quantity, r.severity): r.threshold for r in rules}
     assert by[("cpu_utilisation", "warning")] == 0.7
-    assert by[("cpu_utilisation", "critical")] == 0.5
+    # the fields not set are the defaults', laid under field by field
+    assert (
+        by[("cpu_utilisation", "critical")] == DEFAULT_EARLY_WARNING["cpu_utilisation"]["critical"]
+    )
     default = DEFAULT_EARLY_WARNING["memory_utilisation"]["warning"]
-    assert by[("memory_utilisation", "warning")] == default  # the default laid under
+    assert by[("memory_utilisation", "warning")] == default
 
 
 def test_a_forecast_rule_of_another_shape_fails_loudly(tmp_path):
