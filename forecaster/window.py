@@ -101,8 +101,8 @@ class HistoryWindow:
         """Fold LONG answers (quantity -> frame) covering `plan` into the window."""
         new = combine(parts, self.step)
         with self._lock:
-            if plan.full:
-                self._frame = self._fit(new, plan.end)
+            if plan.full:  # what the window holds stays under it: pushed records survive
+                self._frame = self._fit(_concat(self._frame, new), plan.end)
                 self._start = plan.start
             elif self._end is not None and plan.end < self._end:  # a backfilled chunk
                 self._frame = self._fit(_concat(new, self._frame), self._end)

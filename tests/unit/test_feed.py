@@ -126,6 +126,30 @@ def test_the_push_span_is_what_the_window_keeps():
     assert {"edge", "ancient"}.isdisjoint(window.frame()["instance"])
 
 
+def test_records_pushed_before_the_first_fetch_survive_it_and_fetched_values_win():
+    end = 1_795_000_200
+    window = HistoryWindow(("cpu_utilisation",), context_steps=10)
+    pushed, errors = from_records(
+        [
+            {"server_name": "pushed", "timestamp": end - STEP, "cpu_utilisation": 0.3},
+            {"server_name": "a", "timestamp": end, "cpu_utilisation": 0.9},
+        ],
+        ["cpu_utilisation"],
+        window=window.push_span(now=end),
+    )
+    assert errors == []
+    window.push(pushed)
+    times = pd.to_datetime([end - STEP * k for k in range(10)], unit="s", utc=True)
+    part = pd.DataFrame({"instance": "a", "timestamp": times, "cpu_utilisation": 0.5})
+    plan = window.plan(end)
+    assert plan.full
+    window.merge({"cpu_utilisation": part}, plan)
+    frame = window.frame().set_index(["instance", "timestamp"])["cpu_utilisation"]
+    assert frame[("pushed", pd.Timestamp(end - STEP, unit="s", tz="UTC"))] == 0.3
+    assert frame[("a", pd.Timestamp(end, unit="s", tz="UTC"))] == 0.5  # the fetch wins
+    assert len(frame.loc["a"]) == 10
+
+
 def test_before_the_first_fetch_the_push_span_follows_the_clock():
     window = HistoryWindow(("cpu_utilisation",), context_steps=288)
     now = 1_795_000_123.0
