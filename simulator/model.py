@@ -219,21 +219,22 @@ RAMP_JITTER = 0.1  # a noisy ramp's jitter, as a share of the ramp's full amount
 
 
 def _shaped(ctx: Context, exponent: float) -> NDArray[np.float64]:
-    """Share of the ramp's amount reached at each step, after the incident's shape."""
+    """Share of the ramp's amount reached at each step, after the incident's shape (each
+    shape's curve computed only where an incident of that shape lies)."""
     p = ctx.progress
-    smooth = p**exponent
-    cycles = sch.RAMP_CYCLES
-    stepped = (np.floor(p * cycles) / cycles) ** exponent
-    # Position inside the current cycle, in (0, 1]: the cycle's peak lies on the smooth ramp.
-    inside = p * cycles - np.ceil(p * cycles) + 1.0
-    sawtooth = smooth - SAWTOOTH_DEPTH / cycles * (1.0 - inside)
-    noisy = smooth + RAMP_JITTER * _noise(ctx.fleet, "ramp", ctx.steps)
+    shaped = p**exponent  # smooth, and the envelope of the others
     shape = np.broadcast_to(ctx.incidents.shape, p.shape)
-    shaped = np.select(
-        [shape == sch.STEPPED, shape == sch.SAWTOOTH, shape == sch.NOISY],
-        [stepped, sawtooth, noisy],
-        default=smooth,
-    )
+    cycles = sch.RAMP_CYCLES
+    if (stepped := shape == sch.STEPPED).any():
+        shaped = np.where(stepped, (np.floor(p * cycles) / cycles) ** exponent, shaped)
+    if (sawtooth := shape == sch.SAWTOOTH).any():
+        # Position inside the current cycle, in (0, 1]: the cycle's peak lies on the smooth ramp.
+        inside = p * cycles - np.ceil(p * cycles) + 1.0
+        shaped = np.where(sawtooth, shaped - SAWTOOTH_DEPTH / cycles * (1.0 - inside), shaped)
+    if (noisy := shape == sch.NOISY).any():
+        shaped = np.where(
+            noisy, shaped + RAMP_JITTER * _noise(ctx.fleet, "ramp", ctx.steps), shaped
+        )
     return np.maximum(shaped, 0.0)
 
 

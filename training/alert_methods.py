@@ -81,6 +81,11 @@ def incident_shapes(incidents: pd.DataFrame) -> pd.Series:
     return pd.Series("smooth", index=incidents.index)
 
 
+def gradual(incidents: pd.DataFrame) -> pd.DataFrame:
+    """The incidents with a precursor (every shape but sudden)."""
+    return incidents[incident_shapes(incidents).isin(PRECURSOR_SHAPES)]
+
+
 def load_dataset(path: Path, names: list[str]) -> Dataset:
     """Read `server_metrics.parquet`, `incidents.parquet` and `metrics_metadata.json`."""
     wide = read_history(path, names)
@@ -244,7 +249,7 @@ def fan_requests(data: Dataset, times: np.ndarray) -> tuple[FanRequest, ...]:
         - epoch_seconds(data.incidents["precursor_start"]),
     )
     rows = rows[(rows.b >= times[0] + ar.LOOKBACK) & (rows.b + 2 * ar.HOUR <= times[-1])]
-    rows = rows[incident_shapes(rows).isin(PRECURSOR_SHAPES)]
+    rows = gradual(rows)
     out = []
     for kind, group in rows.sort_values(["length", "b"]).groupby("kind"):
         for q in FAN_QUANTILES:

@@ -35,7 +35,6 @@ import pandas as pd
 
 from forecaster.config import load_config
 from forecaster.model.dataset import epoch_seconds
-from simulator.schedule import PRECURSOR_SHAPES
 from training import alert_replay as ar
 from training.alert_methods import (
     FACTORS,
@@ -46,6 +45,7 @@ from training.alert_methods import (
     baseline_methods,
     evaluate_method,
     fan_requests,
+    gradual,
     incident_shapes,
     load_dataset,
     rule_firing,
@@ -140,11 +140,11 @@ def _describe(data: Dataset, times: np.ndarray, kinds: Mapping[str, str]) -> dic
     counts = incidents["kind"].value_counts().to_dict()
     shapes = incident_shapes(incidents)
     by_shape = shapes.groupby(incidents["kind"]).value_counts()
-    gradual = incidents[shapes.isin(PRECURSOR_SHAPES)]
-    minutes = (epoch_seconds(gradual["breach"]) - epoch_seconds(gradual["precursor_start"])) / 60
+    slow = gradual(incidents)
+    minutes = (epoch_seconds(slow["breach"]) - epoch_seconds(slow["precursor_start"])) / 60
     precursor = {
         str(kind): {"min": float(m.min()), "median": float(m.median()), "max": float(m.max())}
-        for kind, m in pd.Series(minutes, index=gradual.index).groupby(gradual["kind"])
+        for kind, m in pd.Series(minutes, index=slow.index).groupby(slow["kind"])
     }
     return {
         "path": str(data.path),

@@ -136,12 +136,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     for quantity in quantities:
         critical = thresholds[quantity]
-        picks = []
-        t_y = tune.grid.column(quantity)
-        for window in args.windows:
-            signal = ramp_probability(
-                t_y,
-                t_cols,
+
+        def signal_of(y, columns, window, critical=critical):
+            return ramp_probability(
+                y,
+                columns,
                 critical,
                 window,
                 step=step,
@@ -149,6 +148,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 paces=tuple(args.paces),
                 seasons=args.seasons,
             )
+
+        picks = []
+        t_y = tune.grid.column(quantity)
+        for window in args.windows:
+            signal = signal_of(t_y, t_cols, window)
             chosen, score = _choose(
                 signal,
                 t_y[:, t_cols],
@@ -167,16 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         best = ar.select([p[0] for p in picks])
         tuning, window, chosen = picks[best]
         e_y = data.grid.column(quantity)
-        signal = ramp_probability(
-            e_y,
-            e_cols,
-            critical,
-            window,
-            step=step,
-            held=held,
-            paces=tuple(args.paces),
-            seasons=args.seasons,
-        )
+        signal = signal_of(e_y, e_cols, window)
         firing = ramp_firing(signal, e_y[:, e_cols], chosen, critical=critical, step=step)
         score = ar.score(firing, e_times, data.events(quantity))
         result["ramp"][quantity] = {
