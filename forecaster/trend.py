@@ -15,11 +15,12 @@ towards normal (docs/EVALUATION.md). `ramp_forecast` extrapolates them instead:
 A series with fewer than half its window observed gets NaN (no ramp outlook).
 
 `ramp_takeover` is how the service uses it (configuration `early_warning`, per capacity
-quantity): where the last observed value is above the rule's level and the projection sees a
-breach of the critical threshold within 8 h as more likely than the served forecast does, the
-ramp's fan is served instead (method "ramp"), so that the breach probability, the time to
-breach and the fan a user sees all tell the same story. Alone the projection is no better than
-predict_linear; the level gate is what lifts its precision (docs/RAMP-study.md).
+quantity): where a series has been observed for a day (`WARMUP_STEPS`), its last value is above
+the rule's level, its last hour still rises (the pace gate) and the projection sees a breach of
+the critical threshold within 8 h as more likely than both the served forecast and the warning
+probability, the ramp's fan is served instead (method "ramp"), so that the breach probability,
+the time to breach and the fan a user sees all tell the same story. Alone the projection is no
+better than predict_linear; the gates are what lift its precision (docs/RAMP-study.md).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ from forecaster.risk import breach_outlook
 
 MIN_SD = 1e-3
 """Floor of the residual standard deviation, in base units (a ratio: 0.1 percentage point)."""
+WARMUP_STEPS = SEASON_STEPS
+"""The ramp serves only for a series observed at least this long (a day): in its first hours a
+host's morning rise or background episode cannot be told from a leak's start by anything the
+service holds, and a user's first day must not page (docs/RAMP-study.md, stop 23)."""
 
 
 def ramp_forecast(
@@ -102,6 +107,7 @@ class RampRule:
     pace_steps: int = 0  # the last steps' own line must reach `threshold` within the horizon
     seasons: int = 3  # earlier days the usual day is the median of (0: fit the value itself)
     probability: float = 0.0  # it serves only where its breach probability is above this
+    warmup_steps: int = WARMUP_STEPS  # it serves only for series observed at least this long
 
 
 def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
@@ -126,17 +132,18 @@ def ramp_takeover(
     y: np.ndarray, served: np.ndarray, rule: RampRule, quantiles: Sequence[float], step: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ramp fan (N, H, Q), rows where it replaces `served`) for the (N, L) histories `y`:
-    rows whose last observed value is above `rule.level`, that pass the deviation and pace
-    gates, and whose ramp breach probability in `rule.window` exceeds both that of `served`
-    (NaN rows of `served` count as 0) and `rule.probability` (the warning's: the ramp serves
-    only where it would warn, so its steep fan never replaces a better one for less; the
-    alert sees the larger of the two probabilities either way). Only the rows past the cheap
-    gates are projected; the fan is NaN for the others."""
+    rows observed for at least `rule.warmup_steps`, whose last observed value is above
+    `rule.level`, that pass the deviation and pace gates, and whose ramp breach probability in
+    `rule.window` exceeds both that of `served` (NaN rows of `served` count as 0) and
+    `rule.probability` (the warning's: the ramp serves only where it would warn, so its steep
+    fan never replaces a better one for less; the alert sees the larger of the two
+    probabilities either way). Only the rows past the cheap gates are projected; the fan is NaN
+    for the others."""
     n, horizon = served.shape[0], served.shape[1]
     fan = np.full((n, horizon, len(quantiles)), np.nan)
     take = np.zeros(n, dtype=bool)
     with np.errstate(invalid="ignore"):
-        gate = _last_finite(y) > rule.level
+        gate = (_last_finite(y) > rule.level) & (observed_for(y) >= rule.warmup_steps)
         if rule.z > 0:
             gate &= deviation_z(y, recent=rule.window_steps) > rule.z
         if rule.pace_steps > 0:
@@ -217,6 +224,14 @@ def predict_linear(y: np.ndarray, window: int, ahead: float, step: int = 300) ->
         at_origin = intercept + slope * x
         out = at_origin + slope * (ahead / step)
     return np.where((n >= 2) & (var > 1e-9), out, np.nan)
+
+
+def observed_for(y: np.ndarray) -> np.ndarray:
+    """(N,) steps from each row's first observed value to the end of `y` (0 for a row without
+    any)."""
+    seen = np.isfinite(np.asarray(y, dtype=np.float64))
+    first = np.argmax(seen, axis=1)
+    return np.where(seen.any(axis=1), seen.shape[1] - first, 0)
 
 
 def _last_finite(y: np.ndarray) -> np.ndarray:

@@ -11,7 +11,15 @@ from pydantic import ValidationError
 from forecaster.config import DEFAULT_EARLY_WARNING, Config, parse_duration
 from forecaster.heuristic import SEASON_STEPS
 from forecaster.risk import breach_outlook
-from forecaster.trend import MIN_SD, RampRule, ramp_forecast, ramp_rules, ramp_takeover
+from forecaster.trend import (
+    MIN_SD,
+    WARMUP_STEPS,
+    RampRule,
+    observed_for,
+    ramp_forecast,
+    ramp_rules,
+    ramp_takeover,
+)
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -162,3 +170,46 @@ def test_a_ramp_without_a_threshold_is_a_configuration_error() -> None:
 def test_a_default_ramp_of_a_quantity_without_thresholds_is_left_out() -> None:
     config = Config(thresholds={"cpu_utilisation": {"warning": 0.9, "critical": 0.95}})
     assert ramp_rules(config, 300) == {}
+
+
+def test_in_its_first_day_a_series_gets_no_ramp() -> None:
+    """Warm-up: in a host's first day its rises cannot be told from a leak's start, so the ramp
+    does not serve (nor warn); from a day on the same history takes over."""
+    y = _leaking(0.9)
+    rule = replace(RULE, level=0.0, pace_steps=12)
+    served = np.full((1, 96, 3), 0.5)
+    assert ramp_takeover(y, served, rule, QUANTILES, 300)[1].tolist() == [True]
+    young = y.copy()
+    young[0, : -(WARMUP_STEPS - 1)] = np.nan  # first observed WARMUP_STEPS - 1 steps ago
+    assert observed_for(young).tolist() == [WARMUP_STEPS - 1]
+    fan, take = ramp_takeover(young, served, rule, QUANTILES, 300)
+    assert take.tolist() == [False] and np.isnan(fan).all()  # gated before the projection
+    young[0, -WARMUP_STEPS] = y[0, -WARMUP_STEPS]
+    assert ramp_takeover(young, served, rule, QUANTILES, 300)[1].tolist() == [True]
+    assert observed_for(np.full((1, 5), np.nan)).tolist() == [0]
+
+
+def test_a_healthy_simulated_fleet_in_its_first_day_gets_no_ramp_at_any_hour() -> None:
+    """The stack tests' fleet (seed 42, 20 nodes, no incidents) with the 4 h they backfill, at
+    every hour of a Monday: the shipped ramp rules never take over, so nothing warns. Before the
+    warm-up gate, pprisk001's Monday-morning rise (0.58 to 0.85 from 08:00 to 11:00 UTC) took
+    over at 11:00 and failed the end-to-end alert test at that hour. With three days held the
+    same fleet still shows 7 such episodes in 14 days (docs/RAMP-study.md, stop 23)."""
+    from simulator import model as sim
+    from simulator.fleet import build_fleet
+
+    fleet = build_fleet(servers=20, seed=42)
+    monday = 1_800_000_000 // 86_400 * 86_400 + 3 * 86_400
+    rules = ramp_rules(Config(), 300)
+    assert set(rules) == {"memory_utilisation", "filesystem_utilisation"}
+    held = 4 * 12
+    ends = np.arange(monday, monday + 86_400, 3_600) // 300
+    steps = np.arange(ends[0] - held + 1, ends[-1] + 1)
+    values = sim.evaluate(fleet, steps, None, 0.0)
+    for end in ends:
+        columns = slice(int(end - held + 1 - steps[0]), int(end - steps[0] + 1))
+        for name, rule in rules.items():
+            y = values[name][:, columns]
+            served = np.full((y.shape[0], 96, 3), np.nan)
+            take = ramp_takeover(y, served, rule, QUANTILES, 300)[1]
+            assert not take.any(), (name, int(end) * 300, np.flatnonzero(take))
