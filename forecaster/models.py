@@ -49,13 +49,7 @@ def load_version(
 ) -> LoadedModel:
     """Verify `version` (hashes, contract, artefact schemas) and build its predictor;
     RegistryError if refused."""
-    manifest = registry.verify(version, contract_version)
-    from forecaster.model.schema import ArtefactError, check_version
-
-    try:
-        check_version(registry.path(version), manifest.files)
-    except ArtefactError as exc:
-        raise RegistryError("invalid", f"{version}: {exc}") from None
+    registry.checked(version, contract_version)
     import torch
 
     from forecaster.model.fast import FastPredictor

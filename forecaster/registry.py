@@ -90,10 +90,16 @@ class Manifest:
 
 
 class Registry:
-    """A directory of model versions with a current pointer."""
+    """A directory of model versions with a current pointer.
 
-    def __init__(self, root: Path) -> None:
+    `check_artefacts` (the default) makes `checked`, and so `promote` and `rollback`, refuse a
+    version whose artefacts fail their schemas (`forecaster.model.schema.check_version`), not
+    only one whose hashes or contract differ; off only for registries of stand-in files.
+    """
+
+    def __init__(self, root: Path, *, check_artefacts: bool = True) -> None:
         self.root = root
+        self.check_artefacts = check_artefacts
 
     def path(self, version: str) -> Path:
         """Directory of `version`; the name is validated so it cannot leave the root."""
@@ -190,21 +196,34 @@ class Registry:
         files = {**manifest.files, name: sha256_of(directory / name)}
         write_json_atomic(directory / MANIFEST, {**manifest.info, "files": files})
 
+    def checked(self, version: str, contract_version: str) -> Manifest:
+        """`verify`, then every artefact against its schema (`check_artefacts`): what a version
+        must pass before it is loaded or pointed at; RegistryError("invalid") if one fails."""
+        manifest = self.verify(version, contract_version)
+        if self.check_artefacts:
+            from forecaster.model.schema import ArtefactError, check_version
+
+            try:
+                check_version(self.path(version), manifest.files)
+            except ArtefactError as exc:
+                raise RegistryError("invalid", f"{version}: {exc}") from None
+        return manifest
+
     def promote(self, version: str, contract_version: str) -> None:
-        """Point `current` at a verified `version`, remembering the one it replaces."""
-        self.verify(version, contract_version)
+        """Point `current` at a `checked` `version`, remembering the one it replaces."""
+        self.checked(version, contract_version)
         previous = self.current()
         if previous == version:
             return
         write_json_atomic(self.root / POINTER, {"version": version, "previous": previous})
 
     def rollback(self, contract_version: str) -> str:
-        """Point back at the previous version (it must still verify); returns it."""
+        """Point back at the previous version (it must still pass `checked`); returns it."""
         pointer = self.pointer()
         previous = pointer["previous"]
         if previous is None:
             raise RegistryError("missing", "no previous version to roll back to")
-        self.verify(previous, contract_version)
+        self.checked(previous, contract_version)
         write_json_atomic(
             self.root / POINTER, {"version": previous, "previous": pointer["version"]}
         )

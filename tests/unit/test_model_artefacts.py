@@ -357,3 +357,18 @@ def test_the_real_loader_refuses_a_bad_version_before_building_and_falls_back(re
     assert serving.predictor.config.horizon == 96
     assert holder.failures == {"invalid": 1}
     assert len(caplog.records) == 1
+
+
+def test_promote_and_rollback_refuse_a_version_whose_artefacts_fail_their_schemas(registry):
+    """The hashes of both edited versions pass; the schema check is what keeps the pointer."""
+    edit(registry, "default-v3", "model_config.json", put("config", "horizon", value=-4))
+    with pytest.raises(RegistryError) as promoted:
+        registry.promote("default-v3", CONTRACT)
+    assert promoted.value.reason == "invalid" and "horizon" in str(promoted.value)
+    with pytest.raises(RegistryError) as rolled_back:
+        registry.rollback(CONTRACT)  # previous is the edited default-v3
+    assert rolled_back.value.reason == "invalid"
+    assert registry.pointer() == {"version": "default-v4", "previous": "default-v3"}
+    unchecked = Registry(registry.root, check_artefacts=False)
+    unchecked.promote("default-v3", CONTRACT)  # only hashes and contract: it passes
+    assert registry.current() == "default-v3"

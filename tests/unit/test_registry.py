@@ -1,4 +1,8 @@
-"""Model registry: hashes, contract version, atomic pointer, rollback, garbage collection."""
+"""Model registry: hashes, contract version, atomic pointer, rollback, garbage collection.
+
+The versions here are stand-in files, so the registries skip the artefact schemas
+(`check_artefacts=False`); tests/unit/test_model_artefacts.py checks those on real versions.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def _version(registry: Registry, name: str, contract: str = CONTRACT) -> Path:
 
 
 def test_committed_version_verifies_and_lists_every_file_hash(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     path = _version(registry, "v1")
     manifest = registry.verify("v1", CONTRACT)
     assert set(manifest.files) == {"model.safetensors", "model_config.json"}
@@ -34,7 +38,7 @@ def test_committed_version_verifies_and_lists_every_file_hash(tmp_path):
 
 
 def test_a_changed_file_is_refused_with_reason_checksum(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     path = _version(registry, "v1")
     (path / "model_config.json").write_text('{"hidden_size": 5}')
     with pytest.raises(RegistryError) as error:
@@ -43,7 +47,7 @@ def test_a_changed_file_is_refused_with_reason_checksum(tmp_path):
 
 
 def test_a_missing_file_is_refused(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     (_version(registry, "v1") / "model.safetensors").unlink()
     with pytest.raises(RegistryError) as error:
         registry.verify("v1", CONTRACT)
@@ -51,7 +55,7 @@ def test_a_missing_file_is_refused(tmp_path):
 
 
 def test_a_wrong_contract_version_is_refused_naming_both(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     _version(registry, "v1", contract="0.9.0")
     with pytest.raises(RegistryError, match=r"0\.9\.0.*1\.0\.0") as error:
         registry.verify("v1", CONTRACT)
@@ -59,7 +63,7 @@ def test_a_wrong_contract_version_is_refused_naming_both(tmp_path):
 
 
 def test_a_manifest_naming_a_pickle_is_refused(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     path = _version(registry, "v1")
     manifest = json.loads((path / MANIFEST).read_text())
     manifest["files"]["model.pkl"] = "0" * 64
@@ -72,12 +76,12 @@ def test_a_manifest_naming_a_pickle_is_refused(tmp_path):
 @pytest.mark.parametrize("name", ["../etc", "a/b", ".tmp-x", "UPPER", "", "x" * 65])
 def test_version_names_cannot_escape_the_registry(tmp_path, name):
     with pytest.raises(RegistryError) as error:
-        Registry(tmp_path).path(name)
+        Registry(tmp_path, check_artefacts=False).path(name)
     assert error.value.reason == "invalid_name"
 
 
 def test_promotion_swaps_the_pointer_and_rollback_swaps_it_back(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     for name in ("v1", "v2"):
         _version(registry, name)
     registry.promote("v1", CONTRACT)
@@ -89,7 +93,7 @@ def test_promotion_swaps_the_pointer_and_rollback_swaps_it_back(tmp_path):
 
 
 def test_a_version_that_fails_verification_is_never_promoted(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     _version(registry, "v1")
     registry.promote("v1", CONTRACT)
     bad = _version(registry, "v2")
@@ -100,7 +104,7 @@ def test_a_version_that_fails_verification_is_never_promoted(tmp_path):
 
 
 def test_garbage_collection_keeps_three_and_never_current_or_previous(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     for name in ("v1", "v2", "v3", "v4", "v5"):
         _version(registry, name)
     registry.promote("v1", CONTRACT)
@@ -112,7 +116,7 @@ def test_garbage_collection_keeps_three_and_never_current_or_previous(tmp_path):
 
 
 def test_a_failed_write_leaves_no_version_behind(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     with pytest.raises(OSError), registry.staging("v1") as staged:
         (staged / "model.safetensors").write_bytes(b"partial")
         raise OSError("disk full")
@@ -124,7 +128,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from forecaster.registry import Registry
-registry = Registry(Path(sys.argv[1]))
+registry = Registry(Path(sys.argv[1]), check_artefacts=False)
 with registry.staging("v2") as staged:
     (staged / "model.safetensors").write_bytes(b"x" * 1024)
     print("writing", flush=True)
@@ -133,7 +137,7 @@ with registry.staging("v2") as staged:
 
 
 def test_sigkill_while_writing_leaves_the_pointer_and_no_final_version(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     _version(registry, "v1")
     registry.promote("v1", CONTRACT)
     child = subprocess.Popen(
@@ -152,11 +156,11 @@ def test_version_names_sort_by_time_and_are_valid(tmp_path):
     earlier = new_version(datetime(2026, 11, 23, 9, 59, 59, tzinfo=UTC))
     later = new_version(datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC))
     assert earlier == "v20261123-095959" and later > earlier
-    assert Registry(tmp_path).path(later) == tmp_path / later
+    assert Registry(tmp_path, check_artefacts=False).path(later) == tmp_path / later
 
 
 def test_amending_a_version_rehashes_its_manifest(tmp_path):
-    registry = Registry(tmp_path)
+    registry = Registry(tmp_path, check_artefacts=False)
     _version(registry, "v1")
     registry.amend("v1", "backtest.json", {"nql": 0.1}, CONTRACT)
     manifest = registry.verify("v1", CONTRACT)

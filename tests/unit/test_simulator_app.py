@@ -198,3 +198,22 @@ def test_file_sd_targets_name_each_node_as_its_instance(tmp_path):
         "targets": ["127.0.0.1:9100"],
         "labels": {"instance": "ppdb001", "__param_node": "ppdb001", "profile": "database"},
     }
+
+
+def test_an_unexpected_error_is_one_json_500_and_one_logged_traceback(caplog):
+    """Nothing re-raises it to the server (which would log it a second time): the test client,
+    which raises whatever reaches the server, gets the answer."""
+    engine = _engine()
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    engine.incidents = broken  # type: ignore[method-assign]
+    client = TestClient(build_app(engine))  # raise_server_exceptions: on
+    with caplog.at_level("ERROR"):
+        response = client.get("/incidents")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error", "reason": "RuntimeError"}
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert "a bug" not in response.text  # no message or traceback in the answer
