@@ -26,13 +26,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exporter import schemas
 from exporter.collector import CONTENT_TYPE, is_stale
 from exporter.hub import Broadcaster, Hub
 from exporter.views import alerts_body, dumps, fresh_instances, server_body, status_body
 from exporter.websocket import add_websocket_route
+from webcommon.errors import CatchUnexpected
 
 log = logging.getLogger(__name__)
 API_VERSION = "1.0.0"
@@ -375,37 +375,13 @@ def _write_routes(
         return _json({"status": "reload requested"})
 
 
-class CatchUnexpected:
-    """ASGI middleware: an exception no handler took is logged once, with its traceback, and
-    answered 500 as JSON. (Starlette's catch-all answers too, but then re-raises the exception
-    for the server to log a second time.)"""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except Exception as exc:
-            log.error("unhandled %s in a request handler", type(exc).__name__, exc_info=exc)
-            if not started:  # otherwise the client sees the response cut short
-                reason = "unexpected error; see the forecaster's log"
-                await _error(500, "internal_error", reason)(scope, receive, send)
+def _internal_error(_: Exception) -> JSONResponse:
+    return _error(500, "internal_error", "unexpected error; see the forecaster's log")
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error as JSON {error, reason}; never a traceback or a path."""
-    app.add_middleware(CatchUnexpected)
+    app.add_middleware(CatchUnexpected, respond=_internal_error)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -20,13 +20,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from simulator import __version__
 from simulator import schedule as sch
 from simulator.config import parse_duration
 from simulator.engine import Engine
 from simulator.exposition import NodeCollector
+from webcommon.errors import CatchUnexpected
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
@@ -203,35 +203,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         reason = _first_error(exc.errors()) if hasattr(exc, "errors") else str(exc)
         return JSONResponse({"error": "invalid request", "reason": reason}, status_code=400)
 
-    app.add_middleware(_CatchUnexpected)
+    app.add_middleware(CatchUnexpected, respond=_internal_error)
 
 
-class _CatchUnexpected:
-    """ASGI middleware: an exception no handler took is logged once, with its traceback, and
-    answered 500 as JSON {error, reason}. (An `exception_handler(Exception)` answers too, but
-    Starlette then re-raises the exception for uvicorn to log a second time.)"""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except Exception as exc:
-            log.error("unhandled %s in a request handler", type(exc).__name__, exc_info=exc)
-            if not started:  # otherwise the client sees the response cut short
-                body = {"error": "internal error", "reason": type(exc).__name__}
-                await JSONResponse(body, status_code=500)(scope, receive, send)
+def _internal_error(exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": "internal error", "reason": type(exc).__name__}, status_code=500)
 
 
 def _first_error(errors) -> str:
