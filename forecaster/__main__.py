@@ -22,14 +22,8 @@ from pathlib import Path
 from typing import IO
 
 from exporter.snapshot import ServiceState, Snapshot
-from forecaster.config import (
-    Config,
-    ConfigError,
-    is_loopback,
-    load_config,
-    read_secret,
-    split_address,
-)
+from forecaster.config import Config, ConfigError, load_config, read_secret
+from webcommon.address import is_loopback, split_address
 
 log = logging.getLogger("forecaster")
 SHUTDOWN_GRACE_S = 5.0

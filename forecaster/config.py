@@ -34,7 +34,6 @@ A sample YAML file::
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from forecaster.contract import Contract, Quantity, load_contract
+from webcommon.address import LISTEN_HELP, TOKEN_HELP, split_address
 
 ENV_PREFIX = "FORECASTER_"
 M = TypeVar("M", bound=BaseModel)
@@ -69,24 +69,6 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"invalid duration {value!r} (expected e.g. 90s, 5m, 1h30m)")
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
     return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """(host, port) of `host:port`; ValueError if malformed."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"invalid address {address!r} (expected host:port)")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ':9465' means all addresses
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names only the loopback interface."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
@@ -116,8 +98,8 @@ class PrometheusSettings(_Section):
 class WebSettings(_Section):
     """The HTTP surface (`/metrics`, REST, WebSocket)."""
 
-    listen_address: str = "127.0.0.1:9465"
-    token_file: Path | None = None
+    listen_address: str = Field("127.0.0.1:9465", description=LISTEN_HELP)
+    token_file: Path | None = Field(None, description=TOKEN_HELP)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     ws_max_clients: int = Field(250, ge=1)
     ws_queue: int = Field(8, ge=1)
@@ -415,6 +397,15 @@ LEAVES = tuple(_leaves(Config))
 FLAG_ALIASES = {"device": "model.device"}
 
 
+def describe(root: type[BaseModel], path: str) -> str | None:
+    """The `description` of the setting at dotted `path` of `root` (its flag's help), if any."""
+    model = root
+    *parents, leaf = path.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation  # type: ignore[assignment]
+    return model.model_fields[leaf].description
+
+
 def _flag(path: str) -> str:
     return "--" + path.replace("_", "-")
 
@@ -429,7 +420,9 @@ def _parser() -> argparse.ArgumentParser:
         "--check-config", action="store_true", help="validate the configuration and exit"
     )
     for path in LEAVES:
-        parser.add_argument(_flag(path), dest=path, metavar="VALUE", default=None)
+        parser.add_argument(
+            _flag(path), dest=path, metavar="VALUE", default=None, help=describe(Config, path)
+        )
     for alias, path in FLAG_ALIASES.items():
         parser.add_argument(f"--{alias}", dest=path, metavar="VALUE", default=None)
     return parser

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from simulator import schedule as sch
-from simulator.config import Config, is_loopback, load_config, split_address
+from simulator.config import Config, load_config
+from webcommon.address import is_loopback, split_address
 
 log = logging.getLogger("simulator")
 # Raw series for backfilling: enough for a day of graphs plus rate windows, not the whole span.

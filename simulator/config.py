@@ -7,7 +7,6 @@ input ends with argparse's exit code 2 and a message naming the flag or key.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import math
 import re
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from simulator import schedule as sch
+from webcommon.address import LISTEN_HELP, TOKEN_HELP, split_address
 
 MAX_SERVERS = 5000
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -45,24 +45,6 @@ def parse_time(text: str | float) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """(host, port) of `host:port`; ValueError if malformed."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"invalid address {address!r} (expected host:port)")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ':9100' means all addresses
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names only the loopback interface."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -104,10 +86,10 @@ COMMON: dict[str, Option] = {
 }
 COMMANDS: dict[str, dict[str, Option]] = {
     "serve": {
-        "--web.listen-address": ("listen_address", str, "host:port to listen on"),
+        "--web.listen-address": ("listen_address", str, LISTEN_HELP),
         "--sd.file": ("sd_file", Path, "write Prometheus file_sd targets here"),
         "--sd.target-address": ("sd_target_address", str, "address Prometheus should scrape"),
-        "--web.token-file": ("token_file", Path, "bearer token for mutating endpoints"),
+        "--web.token-file": ("token_file", Path, TOKEN_HELP),
         "--scenario": ("scenario", str, "initial scenario"),
     },
     "history": {

@@ -26,8 +26,9 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from forecaster.config import ConfigError, is_loopback, read_secret, split_address
+from forecaster.config import ConfigError, read_secret
 from training.retrain_config import RetrainConfig, load_config
+from webcommon.address import is_loopback, split_address
 
 log = logging.getLogger("training.retrain")
 STARTUP_DELAY_S = 10.0

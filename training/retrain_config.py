@@ -39,9 +39,9 @@ from pydantic import (
 from forecaster.config import (
     ConfigError,
     PrometheusSettings,
+    describe,
     layered,
     parse_duration,
-    split_address,
     validated,
 )
 from forecaster.contract import load_contract
@@ -49,6 +49,7 @@ from forecaster.features import STEP_SECONDS
 from forecaster.model.config import TFTConfig
 from training.baselines import BASELINES
 from training.gates import GateSpec, Window
+from webcommon.address import LISTEN_HELP, TOKEN_HELP, split_address
 
 ENV_PREFIX = "RETRAIN_"
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
@@ -67,8 +68,8 @@ def _csv(value: object) -> object:
 class WebSettings(_Section):
     """The retrainer's own listener: /metrics, /status, POST /retrain, POST /rollback."""
 
-    listen_address: str = "127.0.0.1:9466"
-    token_file: Path | None = None
+    listen_address: str = Field("127.0.0.1:9466", description=LISTEN_HELP)
+    token_file: Path | None = Field(None, description=TOKEN_HELP)
 
     @field_validator("listen_address")
     @classmethod
@@ -211,7 +212,9 @@ def _parser() -> argparse.ArgumentParser:
         if path in BOOLEAN_FLAGS:
             parser.add_argument(flag, dest=path, action="store_const", const=True, default=None)
         else:
-            parser.add_argument(flag, dest=path, metavar="VALUE", default=None)
+            parser.add_argument(
+                flag, dest=path, metavar="VALUE", default=None, help=describe(RetrainConfig, path)
+            )
     return parser
 
 
