@@ -17,7 +17,7 @@ DAEMON_PATTERN := ^/usr/bin/prometheus
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test install apt lint clean model dashboards evaluation bench
+.PHONY: help demo test install apt lint clean model dashboards rules evaluation bench
 
 help:
 	@echo "make demo     install what is missing, then start the demo stack (python -m stack demo)"
@@ -27,6 +27,7 @@ help:
 	@echo "make lint     ruff check, ruff format --check, lint-imports, mypy"
 	@echo "make model    rebuild the shipped default model (about 30 min on 2 cores) and its backtest"
 	@echo "make dashboards  regenerate grafana/dashboards/*.json from tools/dashboards"
+	@echo "make rules    regenerate prometheus/rules/alerts.yml from tools/rules"
 	@echo "make clean    remove $(VENV) and caches"
 
 # With a running Docker engine (and `secrets/` prepared as the README says) the demo is the
@@ -109,6 +110,9 @@ model: install
 
 dashboards: install
 	$(VENV_PY) -m tools.dashboards
+
+rules: install
+	$(VENV_PY) -m tools.rules
 
 # The early-warning evaluation (docs/EVALUATION.md): a fleet and period the model never saw,
 # baselines, alert probabilities and ramp settings tuned on a third fleet (seed 4242); about
