@@ -52,7 +52,7 @@ def load_model(models_dir: Path) -> Any:
 
 def history_arrays(servers: int, config: Any, *, seed: int = 42, days: float = 2.0) -> dict:
     """Simulated history of `servers` hosts as right-aligned (N, 288, .) arrays."""
-    from forecaster.frames import read_history
+    from forecaster.history_files import read_history
     from simulator.fleet import build_fleet
     from simulator.history import HistorySpec, write_history
 

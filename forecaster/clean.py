@@ -1,6 +1,6 @@
 """Model-ready arrays from a WIDE frame: every bad value gets a defined treatment and a reason.
 
-`clean` places a WIDE frame (see `forecaster.frames`) on the context window, the
+`clean` places a WIDE frame (see `forecaster.grid`) on the context window, the
 `context_steps` grid steps ending at `end`, and returns dense arrays of shape
 (instances, context_steps, quantities) with no NaN or Inf, a mask of what was really observed,
 and a `Counter` over `REASONS`:
@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from forecaster.contract import MAGNITUDE_LIMIT, Quantity
-from forecaster.frames import nanoseconds, require_columns, to_utc
+from forecaster.grid import nanoseconds, require_columns, to_utc
 
 REASONS = (
     "invalid_row",

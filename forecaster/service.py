@@ -41,10 +41,10 @@ from forecaster.config import Config
 from forecaster.contract import Contract, Quantity
 from forecaster.engine import ForecastSet, forecast
 from forecaster.features import host_id, profile_of
-from forecaster.frames import SourceError, from_records
 from forecaster.guard import METHODS as GUARD_METHODS
 from forecaster.guard import Guard, guard_params
 from forecaster.models import ModelHolder
+from forecaster.records import from_records
 from forecaster.risk import (
     breach_outlook,
     earliest_breach,
@@ -52,6 +52,7 @@ from forecaster.risk import (
     risk_message,
     risk_scores,
 )
+from forecaster.source import SourceError
 from forecaster.trend import ramp_rules
 from forecaster.window import CONTEXT_STEPS, HistoryWindow, held_steps
 

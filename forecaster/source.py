@@ -1,8 +1,9 @@
-"""The robust PromQL source: bounded, retried requests to any Prometheus-compatible HTTP API.
+"""The PromQL client, for the service and for training: bounded, retried requests to any
+Prometheus-compatible HTTP API, and the parsing of their answers into frames on the grid.
 
 `PrometheusSource` uses only the documented endpoints (`/api/v1/query_range`, `/api/v1/query`,
 `/-/ready`) and turns every failure into a `SourceError` whose `reason` is one of
-`forecaster.frames.SOURCE_ERRORS` (RELIABILITY.md section A):
+`SOURCE_ERRORS` (RELIABILITY.md section A):
 
 | failure | reason | retried |
 |---|---|---|
@@ -25,7 +26,12 @@ and `rng` are injected so tests run without waiting. The bearer token goes into 
 
 Range queries are split so that no request holds more than `MAX_POINTS` points per series or
 `max_samples_per_request` samples (points x series, where the series count is the caller's
-hint, raised to the count of the last answer), then joined into one LONG frame.
+hint, raised to the count of the last answer), then joined into one LONG frame;
+`PrometheusSource.fetch_history` joins one such range per quantity into a WIDE frame.
+
+`from_query_range` parses a `query_range` answer into a LONG frame on `forecaster.grid`'s grid:
+a broken answer raises only `SourceError`; series it cannot use are dropped and counted
+(`SERIES_DROPS`); NaN/Inf values are left for `forecaster.clean`.
 """
 
 from __future__ import annotations
@@ -42,19 +48,59 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import httpx
+import numpy as np
 import pandas as pd
 
 from forecaster.config import PrometheusSettings
-from forecaster.frames import STEP_SECONDS, RangeResult, SourceError, from_query_range, regrid
-from forecaster.promql import MAX_POINTS
+from forecaster.grid import STEP_SECONDS, combine, regrid, seconds_to_utc
 
 log = logging.getLogger(__name__)
+# Answers that cannot be parsed (`from_query_range`), then requests that failed.
+SOURCE_ERRORS = (
+    "bad_response",
+    "error_status",
+    "timeout",
+    "connection",
+    "http_error",
+    "too_large",
+    "rate_limited",
+    "bad_request",
+    "tls",
+)
+SERIES_DROPS = ("no_instance", "bad_instance", "duplicate_instance")
+# Label values from Prometheus may hold any UTF-8 (the exposition escapes them); longer ones go.
+MAX_LABEL_BYTES = 256
+# Points per series in one range request (Prometheus refuses 11,000 or more).
+MAX_POINTS = 10_000
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 8.0
 ERROR_DETAIL_BYTES = 4096
 NEVER_RETRIED = frozenset({400, 422})
 JSON_TYPES = frozenset({"application/json"})
 _EMPTY_MATRIX = {"status": "success", "data": {"resultType": "matrix", "result": []}}
+
+
+class SourceError(Exception):
+    """A PromQL request or answer that cannot be used; `reason` is one of `SOURCE_ERRORS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """A parsed `query_range` answer: the LONG frame, Prometheus' warnings, dropped series."""
+
+    frame: pd.DataFrame
+    warnings: tuple[str, ...]
+    dropped: Counter[str]
+
+    @property
+    def partial(self) -> bool:
+        """True when Prometheus warned, i.e. the answer may be incomplete."""
+        return bool(self.warnings)
 
 
 @dataclass(frozen=True)
@@ -194,6 +240,27 @@ class PrometheusSource:
             frames = [regrid(pd.concat(frames, ignore_index=True), step)]
         return RangeResult(frames[0], tuple(warnings), dropped)
 
+    def fetch_history(
+        self,
+        expressions: Mapping[str, str],
+        start: float,
+        end: float,
+        step: int = STEP_SECONDS,
+    ) -> pd.DataFrame:
+        """A WIDE frame of every quantity in `expressions` (name -> PromQL) over [start, end].
+
+        One `query_range` per quantity, split within the limits; warnings of a partial answer
+        are logged, the answer is kept.
+        """
+        parts: dict[str, pd.DataFrame] = {}
+        for name, expr in expressions.items():
+            result = self.query_range(expr, start, end, step, quantity=name)
+            if result.partial:
+                log.warning("%s: partial answer: %s", name, "; ".join(result.warnings))
+            parts[name] = result.frame
+            log.info("fetched %s: %d samples", name, len(result.frame))
+        return combine(parts, step)
+
     def instant(self, expr: str, at: float | None = None) -> InstantResult:
         """An instant query (`/api/v1/query`), at Prometheus' now unless `at` is given."""
         params = {"query": expr} if at is None else {"query": expr, "time": str(at)}
@@ -312,6 +379,77 @@ def _decode(body: bytes) -> object:
         return json.loads(body)
     except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError
         raise SourceError("bad_response", f"not JSON: {type(error).__name__}") from None
+
+
+def from_query_range(payload: object, quantity: str, step: int = STEP_SECONDS) -> RangeResult:
+    """Parse a `/api/v1/query_range` answer into a LONG frame (instance, timestamp, quantity).
+
+    Sample values are strings ("1.5", "NaN", "+Inf"); they become float64 as they are. A series
+    without an `instance` label is dropped (`no_instance`), one whose instance is longer than
+    `MAX_LABEL_BYTES` too (`bad_instance`); of several series for one instance the one with the
+    most points is kept (the first on ties) and each other one counts `duplicate_instance`.
+    Raises `SourceError` for an error status or a malformed answer.
+    """
+    result, warnings = _matrix(payload)
+    series, dropped = _select_series(result)
+    counts = [len(values) for values in series.values()]
+    points = [point for values in series.values() for point in values]
+    try:
+        seconds = np.fromiter((t for t, _ in points), dtype=np.float64, count=len(points))
+        values = np.array([v for _, v in points], dtype=str).astype(np.float64)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise SourceError("bad_response", f"malformed sample: {error}") from None
+    if values.shape != seconds.shape:
+        raise SourceError("bad_response", "a sample value is not a scalar")
+    frame = pd.DataFrame(
+        {
+            "instance": np.repeat(np.array(list(series), dtype=object), counts),
+            "timestamp": seconds_to_utc(seconds),
+            quantity: values,
+        }
+    )
+    return RangeResult(regrid(frame, step), warnings, dropped)
+
+
+def _matrix(payload: object) -> tuple[list, tuple[str, ...]]:
+    if not isinstance(payload, Mapping):
+        raise SourceError("bad_response", "the answer is not a JSON object")
+    status = payload.get("status")
+    if status == "error":
+        detail = f"{payload.get('errorType', 'unknown')}: {payload.get('error', '')}"
+        raise SourceError("error_status", detail)
+    data = payload.get("data")
+    if status != "success" or not isinstance(data, Mapping):
+        raise SourceError("bad_response", f"status {status!r} without a data object")
+    if data.get("resultType") != "matrix":
+        raise SourceError("bad_response", f"resultType {data.get('resultType')!r}, not matrix")
+    result, warnings = data.get("result"), payload.get("warnings", [])
+    if not isinstance(result, list) or not isinstance(warnings, list):
+        raise SourceError("bad_response", "result or warnings is not a list")
+    return result, tuple(str(warning) for warning in warnings)
+
+
+def _select_series(result: list) -> tuple[dict[str, list], Counter[str]]:
+    chosen: dict[str, list] = {}
+    dropped: Counter[str] = Counter()
+    for series in result:
+        metric = series.get("metric") if isinstance(series, Mapping) else None
+        values = series.get("values", []) if isinstance(series, Mapping) else None
+        if not isinstance(metric, Mapping) or not isinstance(values, list):
+            raise SourceError("bad_response", "a series without a metric object or values list")
+        instance = metric.get("instance")
+        if not isinstance(instance, str) or not instance:
+            dropped["no_instance"] += 1
+            continue
+        if len(instance.encode()) > MAX_LABEL_BYTES:
+            dropped["bad_instance"] += 1
+            continue
+        if instance in chosen:
+            dropped["duplicate_instance"] += 1
+            if len(values) <= len(chosen[instance]):
+                continue
+        chosen[instance] = values
+    return chosen, dropped
 
 
 def _parse_range(payload: object, quantity: str, step: int) -> RangeResult:

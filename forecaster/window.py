@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from forecaster.frames import KEYS, STEP_SECONDS, combine, nanoseconds, regrid
+from forecaster.grid import KEYS, STEP_SECONDS, combine, nanoseconds, regrid
 
 CONTEXT_STEPS = 288
 """A day of 5-minute steps: the least the window holds (what the model and heuristic read)."""
@@ -126,7 +126,7 @@ class HistoryWindow:
         A record no later than `context_steps` before the window's last fetched step (`now`
         before the first fetch) would be trimmed at once; one more than `lead` after `now` (or
         after that step, if the source's clock is ahead) lies in the future and would move the
-        window's end, pushing held history out. Give it to `frames.from_records` as `window`.
+        window's end, pushing held history out. Give it to `records.from_records` as `window`.
         """
         end = float(self._end) if self._end is not None else float(now)
         return end - self.context_steps * self.step, max(end, float(now)) + lead

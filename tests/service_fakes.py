@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from forecaster.contract import load_contract
-from forecaster.frames import RangeResult, SourceError, regrid
+from forecaster.grid import regrid
+from forecaster.source import RangeResult, SourceError
 
 CONTRACT = load_contract()
 EXPR_TO_NAME = {q.expr: q.name for q in CONTRACT.quantities}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecaster.frames import read_history
+from forecaster.history_files import read_history
 from forecaster.model.dataset import epoch_seconds
 from forecaster.trend import predict_linear
 from simulator.schedule import PRECURSOR_SHAPES, SHAPES

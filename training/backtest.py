@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from forecaster.contract import load_contract
 from forecaster.features import STEP_SECONDS, host_id, profile_of
-from forecaster.frames import read_history
+from forecaster.history_files import read_history
 from forecaster.model.dataset import epoch_seconds
 from forecaster.model.fast import Batch, FastPredictor
 from forecaster.model.tft import ModelBundle, load_bundle

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from forecaster.contract import load_contract
-from forecaster.frames import read_history
+from forecaster.history_files import read_history
 from forecaster.model.calibration import FILENAME, Calibration, fit
 from forecaster.model.tft import ModelBundle, load_bundle
 from forecaster.registry import MANIFEST, Registry

@@ -36,14 +36,14 @@ import pandas as pd
 
 from exporter.snapshot import QUANTILES
 from forecaster.clean import CleanConfig, clean
-from forecaster.config import load_config
+from forecaster.config import PrometheusSettings, load_config
 from forecaster.engine import forecast
 from forecaster.features import profile_of
-from forecaster.frames import read_history
 from forecaster.guard import Guard, guard_params
 from forecaster.heuristic import heuristic_forecast
+from forecaster.history_files import read_history
 from forecaster.models import ModelHolder
-from forecaster.promql import fetch_history
+from forecaster.source import PrometheusSource
 from forecaster.trend import ramp_rules
 from training.metrics import coverage, nql
 
@@ -422,7 +422,8 @@ def _evaluate(args: argparse.Namespace, k: int, path: str, config, predictor) ->
     contract = config.contract()
     if path == args.prometheus_url:
         expressions = {q.name: q.expr for q in contract.quantities}
-        wide = fetch_history(path, expressions, args.start.timestamp(), args.end.timestamp())
+        with PrometheusSource(PrometheusSettings(url=path)) as source:
+            wide = source.fetch_history(expressions, args.start.timestamp(), args.end.timestamp())
     else:
         schema = set(pd.read_parquet(_file(path)).columns)
         wide = read_history(path, [q.name for q in contract.quantities if q.name in schema])

@@ -37,8 +37,8 @@ from forecaster.clean import CleanConfig, clean
 from forecaster.config import Config
 from forecaster.contract import Quantity
 from forecaster.engine import forecast
-from forecaster.frames import RangeResult
 from forecaster.risk import breach_outlook
+from forecaster.source import RangeResult
 from forecaster.trend import RampRule, ramp_rules
 from forecaster.window import CONTEXT_STEPS, held_steps
 

@@ -21,8 +21,10 @@ import pandas as pd
 from forecaster.config import read_secret
 from forecaster.contract import Contract
 from forecaster.features import STEP_SECONDS
-from forecaster.frames import SourceError, combine, read_history
+from forecaster.grid import combine
+from forecaster.history_files import read_history
 from forecaster.model.config import TFTConfig
+from forecaster.source import PrometheusSource, SourceError
 from training.gates import Verdict, judge, quantile_health
 from training.retrain_config import RetrainConfig
 
@@ -155,8 +157,6 @@ def fetch_history(
 ) -> pd.DataFrame:
     """One query_range per quantity over the last `config.history`; a partial answer
     (Prometheus warnings, Thanos/VictoriaMetrics partial flags) refuses the run."""
-    from forecaster.source import PrometheusSource
-
     end = now // STEP_SECONDS * STEP_SECONDS
     start = end - config.history + STEP_SECONDS
     token = read_secret(config.prometheus.bearer_token_file)

@@ -1,9 +1,10 @@
 """`python -m training.train`: train the TFT on history and write a new registry version.
 
 History comes from a parquet file (the simulator's wide format or a long format) or from
-Prometheus (`--prometheus.url` with `--start`/`--end`, one query_range per quantity, split
-under 11,000 points per series). Training is seeded, time-boxed and writes no checkpoint
-(Lightning's .ckpt files are pickles); the result is a version directory of safetensors + JSON.
+Prometheus (`--prometheus.url` with `--start`/`--end`: one query_range per quantity through the
+service's client, `forecaster.source`, split within its points and samples limits). Training is
+seeded, time-boxed and writes no checkpoint (Lightning's .ckpt files are pickles); the result is
+a version directory of safetensors + JSON.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ import pandas as pd
 import torch
 from pytorch_forecasting import TimeSeriesDataSet
 
+from forecaster.config import PrometheusSettings
 from forecaster.contract import load_contract
 from forecaster.features import host_id, profile_of
-from forecaster.frames import read_history
+from forecaster.history_files import read_history
 from forecaster.model.config import TFTConfig
 from forecaster.model.dataset import TIME, make_dataset, with_unknown_copies
 from forecaster.model.tft import ModelBundle, build_model, loss_weights, save_bundle
-from forecaster.promql import fetch_history
 from forecaster.registry import Registry, new_version, write_json_atomic
+from forecaster.source import PrometheusSource
 from training.dataset import WEIGHT, excursion_weights, segments
 
 log = logging.getLogger("training.train")
@@ -208,9 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.start is None or args.end is None:
             parser.error("--prometheus.url needs --start and --end")
         expressions = {q: contract[q].expr for q in quantities}
-        wide = fetch_history(
-            args.prometheus_url, expressions, args.start.timestamp(), args.end.timestamp()
-        )
+        try:
+            settings = PrometheusSettings(url=args.prometheus_url)
+        except ValueError as error:  # pydantic's ValidationError
+            parser.error(f"--prometheus.url: {error}")
+        with PrometheusSource(settings) as source:
+            wide = source.fetch_history(expressions, args.start.timestamp(), args.end.timestamp())
     options = TrainOptions(
         seed=args.seed,
         batch_size=args.batch_size,

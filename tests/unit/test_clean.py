@@ -12,7 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import forecaster.clean
-import forecaster.frames
+import forecaster.grid
+import forecaster.history_files
+import forecaster.records
+import forecaster.source
 from forecaster.clean import MAGNITUDE_LIMIT, REASONS, CleanConfig, Cleaned, clean
 from forecaster.contract import Quantity, load_contract
 
@@ -317,7 +320,16 @@ def test_frame_without_key_columns_is_refused_naming_them():
         run(pd.DataFrame({"instance": ["a"]}))
 
 
-@pytest.mark.parametrize("module", [forecaster.clean, forecaster.frames])
+@pytest.mark.parametrize(
+    "module",
+    [
+        forecaster.clean,
+        forecaster.grid,
+        forecaster.history_files,
+        forecaster.records,
+        forecaster.source,
+    ],
+)
 def test_library_validates_without_assert_so_python_O_changes_nothing(module):
     tree = ast.parse(Path(module.__file__).read_text())
     assert not [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]

@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 
 from forecaster.contract import load_contract
 from forecaster.features import host_id, profile_of
-from forecaster.frames import read_history
+from forecaster.history_files import read_history
 from forecaster.model.fast import Batch, FastPredictor
 from forecaster.model.tft import load_bundle
 from forecaster.registry import ALLOWED_SUFFIXES, Registry

@@ -10,7 +10,7 @@ import pytest
 from exporter.app import build_app
 from exporter.hub import Hub
 from forecaster.config import load_config
-from forecaster.frames import from_records
+from forecaster.records import from_records
 from forecaster.service import Service
 from forecaster.window import PUSH_LEAD_SECONDS, HistoryWindow
 from tests.service_fakes import FakeSource

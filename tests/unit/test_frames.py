@@ -11,18 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecaster.frames import (
-    RECORD_ERRORS,
-    SERIES_DROPS,
-    SOURCE_ERRORS,
-    RecordError,
-    SourceError,
-    combine,
-    from_query_range,
-    from_records,
-    read_history,
-    regrid,
-)
+from forecaster.grid import combine, regrid
+from forecaster.history_files import read_history
+from forecaster.records import RECORD_ERRORS, RecordError, from_records
+from forecaster.source import SERIES_DROPS, SOURCE_ERRORS, SourceError, from_query_range
 
 T0 = 1_760_000_100  # a multiple of 300 s: 2025-10-09T08:55:00Z
 QUANTITIES = ("cpu_utilisation", "memory_utilisation", "disk_io", "request_latency_p95")

@@ -15,9 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forecaster.config import PrometheusSettings
-from forecaster.frames import SOURCE_ERRORS, RangeResult, SourceError
-from forecaster.promql import MAX_POINTS
-from forecaster.source import PrometheusSource, plan_pieces, points_per_request
+from forecaster.source import (
+    MAX_POINTS,
+    SOURCE_ERRORS,
+    PrometheusSource,
+    RangeResult,
+    SourceError,
+    plan_pieces,
+    points_per_request,
+)
 
 T0 = 1_700_000_100  # on the 5-minute grid
 JSON = {"content-type": "application/json"}

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from pytorch_forecasting import TimeSeriesDataSet  # noqa: E402
 
 from forecaster.features import host_id, profile_of  # noqa: E402
-from forecaster.frames import read_history  # noqa: E402
+from forecaster.history_files import read_history  # noqa: E402
 from forecaster.model.config import TFTConfig  # noqa: E402
 from forecaster.model.dataset import (  # noqa: E402
     known_categories,

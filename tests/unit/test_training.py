@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 
 from forecaster.contract import load_contract
-from forecaster.frames import read_history
+from forecaster.history_files import read_history
 from forecaster.model.config import TFTConfig
 from forecaster.model.tft import load_bundle
 from forecaster.registry import Registry
