@@ -7,7 +7,9 @@ candidate and current model on the latest `--holdout` (1d: origins every 2h, 9 o
 promotes the candidate only if it passes the gate (`training.gates`); otherwise the current
 model stays and the reasons go to `<models>/<candidate>/gate.json` and
 `<models>/retrain-report.json`. The first scheduled run is one interval after the last
-recorded run (or after start-up when none is recorded).
+recorded run; with none recorded, the first starts as soon as Prometheus holds
+`--first-run-after` of history (7d; probed hourly with one coarse query, from start-up on),
+or one interval after start-up with `--first-run-after 0s`.
 
 `--once`: one run now, no listener; exit 0 promoted, 1 rejected or failed, 2 bad configuration.
 Service mode: uvicorn serves `/metrics`, `/status`, `POST /retrain` (409 while a run is in
@@ -32,6 +34,7 @@ from webcommon.address import is_loopback, split_address
 
 log = logging.getLogger("training.retrain")
 STARTUP_DELAY_S = 10.0
+PROBE_INTERVAL_S = 3600.0  # how often the first run's history probe looks again
 STOP_TIMEOUT_S = 7.0
 
 
@@ -74,6 +77,22 @@ def serve(config: RetrainConfig, retrainer, token: str | None) -> int:
         misfire_grace_time=int(config.interval),
     )
     retrainer.next_run = lambda: job.next_run_time.timestamp() if job.next_run_time else None
+    if retrainer.first_run_pending():
+
+        def probe() -> None:
+            if retrainer.first_run_check() or not retrainer.first_run_pending():
+                scheduler.remove_job("first_run_probe")
+
+        scheduler.add_job(
+            probe,
+            IntervalTrigger(
+                seconds=PROBE_INTERVAL_S,
+                start_date=datetime.fromtimestamp(time.time() + STARTUP_DELAY_S, UTC),
+            ),
+            id="first_run_probe",
+            max_instances=1,
+            coalesce=True,
+        )
     server = uvicorn.Server(
         uvicorn.Config(
             build_app(retrainer, token),

@@ -11,6 +11,7 @@ A sample YAML file::
     prometheus: {url: "http://127.0.0.1:9090", timeout: 30s}
     models: {dir: models}
     interval: 7d          # how often a run starts (also POST /retrain)
+    first_run_after: 7d   # with no run recorded, the first starts once this much history exists
     history: 14d          # history pulled per run
     holdout: 1d           # latest window held out for the gate (origins every gate.origin_every)
     web: {listen_address: "127.0.0.1:9466", token_file: /run/secrets/retrain_token}
@@ -158,6 +159,11 @@ class RetrainConfig(_Section):
     gate: GateSettings = GateSettings()
     log: LogSettings = LogSettings()
     interval: Duration = 7 * 86400.0
+    first_run_after: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = Field(
+        7 * 86400.0,
+        description="with no run recorded, start the first as soon as Prometheus holds this "
+        "much history (checked hourly); 0s: one interval after start-up",
+    )
     history: Duration = 14 * 86400.0
     holdout: Duration = 86400.0
     max_minutes: float = Field(18.0, gt=0, le=24 * 60)
@@ -231,6 +237,10 @@ def _check(config: RetrainConfig) -> None:
     if not config.gate.coverage_min < config.gate.coverage_max:
         raise ConfigError("gate.coverage_min", "must be below gate.coverage_max")
     needed = config.window().minimum * STEP_SECONDS
+    if 0 < config.first_run_after < needed:
+        raise ConfigError(
+            "first_run_after", f"must be 0s (off) or at least {needed / 3600:g}h, what a run needs"
+        )
     if config.history < needed:
         raise ConfigError(
             "history",

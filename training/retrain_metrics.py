@@ -13,6 +13,8 @@ A sample of the exposition after one rejected run (weekly interval)::
     forecaster_retrain_running 0.0
     forecaster_retrain_gate_nql_ratio{horizon="8h"} 1.31
     forecaster_retrain_interval_seconds 604800.0
+    forecaster_retrain_first_run_pending 0.0
+    forecaster_retrain_history_available_seconds 1.2096e+06
 
 `last_success` is the end of the last run that completed the gate, promoted or rejected (the
 job worked, whatever it decided); until a first one it is the process start, so a fresh
@@ -88,6 +90,17 @@ class RetrainMetrics:
             registry=r,
         )
         self.interval.set(interval)
+        self.first_run_pending = Gauge(
+            "forecaster_retrain_first_run_pending",
+            "1 while no run is recorded and the first waits for enough history (first_run_after).",
+            registry=r,
+        )
+        self.history_available = Gauge(
+            "forecaster_retrain_history_available_seconds",
+            "History the last probe found, looking back at most first_run_after "
+            "(0 before the first probe).",
+            registry=r,
+        )
         for outcome in outcomes:
             self.runs.labels(outcome)
         for reason in REJECTIONS:

@@ -175,6 +175,43 @@ def fetch_history(
     return combine(parts)
 
 
+PROBE_STEP_S = 3600  # the history probe's resolution
+
+
+def history_span(
+    config: RetrainConfig,
+    contract: Contract,
+    quantity: str,
+    now: float,
+    transport: httpx.BaseTransport | None = None,
+) -> float:
+    """Seconds of `quantity`'s history that Prometheus (or `config.data`) holds, looking back
+    at most `config.first_run_after`: one coarse query (a point an hour), so that the
+    retrainer can tell when a first run has enough data without pulling it all."""
+    if config.data is not None:
+        try:
+            wide = read_history(config.data, [quantity])
+        except (OSError, ValueError) as exc:
+            raise RunError("bad_history", str(exc)) from None
+        if wide.empty:
+            return 0.0
+        return float((wide["timestamp"].max() - wide["timestamp"].min()).total_seconds())
+    end = now // PROBE_STEP_S * PROBE_STEP_S
+    start = end - config.first_run_after
+    token = read_secret(config.prometheus.bearer_token_file)
+    try:
+        with PrometheusSource(config.prometheus, transport=transport, token=token) as source:
+            result = source.query_range(
+                contract[quantity].expr, start, end, step=PROBE_STEP_S, quantity=quantity
+            )
+    except SourceError as exc:
+        raise RunError("source_error", f"{exc.reason}: {exc.detail[:200]}") from None
+    frame = result.frame.dropna(subset=[quantity])
+    if frame.empty:
+        return 0.0
+    return float(end - frame["timestamp"].min().timestamp())
+
+
 def backtest_gate(
     config: RetrainConfig,
     path: Callable[[str], Path],

@@ -46,6 +46,7 @@ from training.retrain_steps import (
     RunError,
     backtest_gate,
     child_env,
+    history_span,
     load_history,
     lower_priority,
     model_quantities,
@@ -95,6 +96,7 @@ class Retrainer:
         self._child: subprocess.Popen | None = None
         self._candidate: str | None = None
         self._thread: threading.Thread | None = None
+        self.history_available: float | None = None  # the first-run probe's last finding
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -127,6 +129,41 @@ class Retrainer:
         """The scheduler's job: start a run unless one is in progress."""
         if not self.trigger("schedule"):
             log.warning("scheduled retrain skipped: a run is in progress")
+
+    def first_run_pending(self) -> bool:
+        """Whether the first run waits for history: `first_run_after` set, no run recorded."""
+        pending = self.config.first_run_after > 0 and not self.runs and not self.running()
+        self.metrics.first_run_pending.set(float(pending))
+        return pending
+
+    def first_run_check(self) -> bool:
+        """The first-run probe's job: while `first_run_pending`, measure the history that
+        Prometheus holds (one coarse query) and start the first run ("first_run") once it
+        covers `first_run_after`. True when it started one."""
+        if not self.first_run_pending():
+            return False
+        quantity = model_quantities(self._model_config())[0]
+        try:
+            span = history_span(
+                self.config, self.contract, quantity, self._clock(), self._transport
+            )
+        except RunError as exc:
+            log.warning("first-run probe failed (%s): %s", exc.reason, exc)
+            return False
+        self.history_available = span
+        self.metrics.history_available.set(span)
+        if span < self.config.first_run_after:
+            log.info(
+                "first run waits for history: %.1f of %.1f days",
+                span / 86400,
+                self.config.first_run_after / 86400,
+            )
+            return False
+        started = self.trigger("first_run")
+        if started:
+            log.info("first run started: %.1f days of history", span / 86400)
+            self.metrics.first_run_pending.set(0.0)
+        return started
 
     def run(self, trigger: str) -> dict[str, Any]:
         """Run once in this thread and return the report; `BusyError` if a run is in progress."""
@@ -194,6 +231,11 @@ class Retrainer:
             "pointer": self.registry.pointer(),
             "interval_seconds": self.config.interval,
             "next_run": _iso(next_run) if next_run else None,
+            "first_run": {
+                "pending": self.first_run_pending(),
+                "after_seconds": self.config.first_run_after,
+                "history_available_seconds": self.history_available,
+            },
             "runs": list(reversed(self.runs)),
         }
 
@@ -244,7 +286,7 @@ class Retrainer:
         current = self._current(report)
         candidate = self._candidate_name()
         report["candidate"] = candidate
-        config = TFTConfig(targets=self.config.train.targets or TFTConfig().targets)
+        config = self._model_config()
         quantities = list(dict.fromkeys(model_quantities(config) + (current[1] if current else [])))
         window = self.config.window()
         with self._stage(report, "fetch"):
@@ -315,6 +357,10 @@ class Retrainer:
             report["current_problem"] = str(exc)
             return None
         return version, model_quantities(config)
+
+    def _model_config(self) -> TFTConfig:
+        """The candidate's model shape: the configured targets, or the default ones."""
+        return TFTConfig(targets=self.config.train.targets or TFTConfig().targets)
 
     def _candidate_name(self) -> str:
         base = new_version(datetime.fromtimestamp(self._clock(), UTC))

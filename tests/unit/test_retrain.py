@@ -599,3 +599,87 @@ def test_sigterm_mid_retrain_stops_the_child_and_exits_0_within_10_s(tmp_path, h
     assert not [p for p in models.iterdir() if p.name.startswith((".tmp-", WORK_PREFIX))]
     runs = json.loads((models / REPORT).read_text())["runs"]
     assert (runs[-1]["outcome"], runs[-1]["reason"]) == ("failed", "interrupted")
+
+
+# --- the first run ---------------------------------------------------------------------------
+
+
+def _history_answer(days_held: float, now: float):
+    """A fake Prometheus whose series start `days_held` days before `now`."""
+    first = now - days_held * 86400
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        start, end = float(request.url.params["start"]), float(request.url.params["end"])
+        step = float(request.url.params["step"])
+        times = [t for t in np.arange(start, end + 1, step) if t >= first]
+        series = [{"metric": {"instance": "a"}, "values": [[t, "0.5"] for t in times]}]
+        body = {"status": "success", "data": {"resultType": "matrix", "result": series}}
+        return httpx.Response(200, json=body)
+
+    return answer
+
+
+@pytest.mark.parametrize(("days_held", "starts"), [(2.0, False), (6.9, False), (7.5, True)])
+def test_the_first_run_starts_once_prometheus_holds_enough_history(tmp_path, days_held, starts):
+    now = 1_800_000_000.0
+    config = load_config(["--models.dir", str(tmp_path), "--prometheus.url", "http://prom"], {})
+    assert config.first_run_after == 7 * 86400
+    retrainer = Retrainer(
+        config,
+        os.environ,
+        transport=httpx.MockTransport(_history_answer(days_held, now)),
+        clock=lambda: now,
+    )
+    triggered: list[str] = []
+    retrainer.trigger = lambda trigger: triggered.append(trigger) or True  # type: ignore[method-assign]
+    assert retrainer.first_run_pending()
+    assert retrainer.first_run_check() is starts
+    assert triggered == (["first_run"] if starts else [])
+    found = retrainer.history_available
+    assert found == pytest.approx(min(days_held, 7.0) * 86400, abs=3600)
+    value = retrainer.metrics.registry.get_sample_value
+    assert value("forecaster_retrain_history_available_seconds") == found
+    assert value("forecaster_retrain_first_run_pending") == (0.0 if starts else 1.0)
+    status = retrainer.status()["first_run"]
+    assert status["after_seconds"] == 7 * 86400 and status["history_available_seconds"] == found
+
+
+def test_no_first_run_probe_once_a_run_is_recorded_or_when_switched_off(tmp_path, history):
+    retrainer = Retrainer(_config(tmp_path, history), os.environ)
+    retrainer.runs.append({"outcome": "failed", "finished_ts": 1.0})
+    assert not retrainer.first_run_pending() and not retrainer.first_run_check()
+    off = Retrainer(_config(tmp_path, history, "--first-run-after", "0s"), os.environ)
+    assert not off.first_run_pending() and not off.first_run_check()
+    assert off.metrics.registry.get_sample_value("forecaster_retrain_first_run_pending") == 0
+
+
+def test_the_first_run_probe_reads_a_parquet_history_and_survives_a_failing_source(
+    tmp_path, history
+):
+    config = _config(tmp_path, history, "--first-run-after", "4d")
+    retrainer = Retrainer(config, os.environ)
+    retrainer.trigger = lambda trigger: True  # type: ignore[method-assign]
+    assert retrainer.first_run_check() is False  # the 4-day history spans 4 days less a step
+    assert retrainer.history_available == pytest.approx(4 * 86400 - 300)
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="down")
+
+    online = load_config(
+        [
+            "--models.dir",
+            str(tmp_path),
+            "--prometheus.url",
+            "http://prom",
+            "--prometheus.retries",
+            "0",
+        ],
+        {},
+    )
+    down = Retrainer(online, os.environ, transport=httpx.MockTransport(refuse))
+    assert down.first_run_check() is False and down.first_run_pending()  # tried again later
+
+
+def test_a_first_run_after_shorter_than_a_run_needs_is_a_configuration_error():
+    with pytest.raises(ConfigError, match="first_run_after"):
+        load_config(["--first-run-after", "1d"], {})
