@@ -34,23 +34,12 @@ METHODS = (*CANDIDATE_METHODS, "ramp")
 PRIORITIES = ("P1", "P2", "P3")
 FLEET_HEALTH = ("healthy", "warning", "critical")
 THRESHOLD_LEVELS = ("warning", "critical")
-# The lower end of the time-to-breach band: (name, help, labels).
-EARLIEST_BREACH = (
-    "forecaster_earliest_breach_seconds",
-    "Seconds from the forecast origin until the p90 forecast passes the critical threshold "
-    "(the earliest plausible breach); absent when it does not within the horizon.",
-    ["instance", "quantity"],
-)
-# The family the NodeForecast* rules compare breach probabilities with: (name, help, labels).
-ALERT_THRESHOLD = (
-    "forecaster_alert_probability_threshold",
-    "Breach probability above which the quantity's forecast alert of the severity fires.",
-    ["quantity", "severity"],
-)
 # Contract unit -> metric-name suffix (Prometheus base-unit naming).
 UNIT_SUFFIX: Mapping[str, str] = MappingProxyType(
     {"ratio": "ratio", "seconds": "seconds", "bytes_per_second": "bytes_per_second"}
 )
+# The name of a quantity's forecast family, a `str.format` template (`exporter.families`).
+PREDICTED_NAME = "forecaster_predicted_{quantity}_{suffix}"
 
 
 def frozen_array(values: object, dtype: type = np.float64) -> NDArray[np.float64]:
@@ -62,8 +51,7 @@ def frozen_array(values: object, dtype: type = np.float64) -> NDArray[np.float64
 
 def metric_name(quantity: str, unit: str) -> str:
     """`forecaster_predicted_<quantity>_<unit>` for a contract quantity."""
-    suffix = UNIT_SUFFIX.get(unit, unit)
-    return f"forecaster_predicted_{quantity}_{suffix}"
+    return PREDICTED_NAME.format(quantity=quantity, suffix=UNIT_SUFFIX.get(unit, unit))
 
 
 @dataclass(frozen=True)
