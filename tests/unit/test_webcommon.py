@@ -42,11 +42,15 @@ def test_malformed_addresses_are_refused(address):
 
 
 def test_the_readme_states_the_same_rule():
-    """Every README item that states the token rule names the loopback range, not one
-    address."""
-    items = (ROOT / "README.md").read_text().split("\n- ")
+    """Every list item of the README and the reference pages under docs/ that states the token
+    rule names the loopback range, not one address."""
+    items = [
+        item.split("\n\n")[0]  # a list item ends at the first blank line
+        for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for item in path.read_text().split("\n- ")[1:]
+    ]
     rules = [i for i in items if "without a token" in i or "needs `--web.token-file`" in i]
-    assert len(rules) >= 2, "the README no longer states the token rule for both services"
+    assert len(rules) >= 2, "the docs no longer state the token rule for both services"
     for item in rules:
         assert "loopback range (127.0.0.0/8, ::1)" in " ".join(item.split()), item
 
