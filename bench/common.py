@@ -34,6 +34,7 @@ from exporter.snapshot import (
     Snapshot,
     frozen_array,
 )
+from forecaster.grid import CONTEXT_STEPS, HORIZON_STEPS, STEP_SECONDS
 
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parent.parent
@@ -259,12 +260,12 @@ def host_names(count: int) -> list[str]:
 
 
 def _quantiles(rng: np.random.Generator, hosts: int, quantity: str) -> np.ndarray:
-    """(hosts, 96, 3) sorted quantiles with full float32 precision, like the model's output."""
+    """(hosts, horizon, 3) sorted quantiles with full float32 precision, like the model's."""
     level, spread = LEVELS[quantity]
     start = level * (1.0 + 0.3 * rng.standard_normal(hosts))
     slope = spread * 0.01 * rng.standard_normal(hosts)
-    p50 = start[:, None] + slope[:, None] * np.arange(1, 97)[None, :]
-    noise = spread * rng.random((hosts, 96, 2))
+    p50 = start[:, None] + slope[:, None] * np.arange(1, HORIZON_STEPS + 1)[None, :]
+    noise = spread * rng.random((hosts, HORIZON_STEPS, 2))
     bands = np.stack([p50 - noise[..., 0], p50, p50 + noise[..., 1]], axis=-1)
     upper = 1.0 if UNITS[quantity] == "ratio" else np.inf
     return np.clip(bands.astype(np.float32).astype(np.float64), 0.0, upper)
@@ -294,17 +295,17 @@ def synthetic_snapshot(hosts: int, *, now: float, seed: int = 0) -> Snapshot:
                 q,
                 levels[1],
                 MappingProxyType({"30m": probabilities[k, j, 0], "8h": probabilities[k, j, 1]}),
-                None if j % 2 else 3600.0 + 300 * (k % 12),
+                None if j % 2 else 3600.0 + STEP_SECONDS * (k % 12),
             )
             for j, (q, levels) in enumerate(THRESHOLDS.items())
         }
         instances[name] = InstanceSnapshot(
             instance=name,
             profile=PROFILES[name.rstrip("0123456789")],
-            origin=now - 300.0,
+            origin=now - STEP_SECONDS,
             made_at=now,
             last_seen=now - 20.5,
-            warmup_steps=288,
+            warmup_steps=CONTEXT_STEPS,
             warmup_required=36,
             forecasts=MappingProxyType(forecasts),
             breaches=MappingProxyType(breaches),

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import emit, proc_rss_mib, sample_count
-
-STEP = 300
+from forecaster.grid import STEP_SECONDS as STEP
 
 
 class ShiftedSource:

@@ -26,11 +26,11 @@ import pandas as pd
 import yaml
 
 from bench.common import Context, log
+from forecaster.grid import STEP_SECONDS as STEP
 from stack.plan import backfill_command, prometheus_command
 from stack.ports import address, pick_free_ports
 from stack.process import Supervisor, find_binary, wait_until_ready
 
-STEP = 300
 GAUGE_PREFIX = "bench_"
 QUANTITIES = (
     "cpu_utilisation",

@@ -3,7 +3,7 @@
 Stand-alone on purpose: a machine with a GPU may have another Python and torch and no
 Prometheus, so this needs only numpy, torch, pytorch-forecasting and this repository (the
 shipped model under `models/`). Per fleet size it builds the cleaner's dense arrays directly
-(a diurnal signal with noise per host and quantity, 288 steps), then times the service's own
+(a diurnal signal with noise per host and quantity, a day of steps), then times the service's own
 stages: `forecaster.engine.forecast` (the TFT through the fast path, all hosts batched),
 `Service._build` (risk, breach outlook, snapshot) and `exporter.render.render_text` (+ gzip).
 Prints one JSON line. Goal (issue "Performance benchmarks"): 100,000 servers in at most 10 s.
@@ -42,15 +42,18 @@ TITLE = "GPU: inference + risk + render from in-memory arrays"
 NOT_RUN = "not run (no GPU machine available to this task)"
 
 
-def cleaned_arrays(servers: int, quantities: tuple[str, ...], end: int, seed: int = 0) -> Any:
-    """A `forecaster.clean.Cleaned` of `servers` hosts with 288 observed steps each."""
+def cleaned_arrays(
+    servers: int, quantities: tuple[str, ...], end: int, grid: Any, seed: int = 0
+) -> Any:
+    """A `forecaster.clean.Cleaned` of `servers` hosts with the grid's context of observed
+    steps each (a `forecaster.contract.Grid`)."""
     import pandas as pd
 
     from forecaster.clean import Cleaned
 
     rng = np.random.default_rng(seed)
-    steps = 288
-    seconds = end - 300 * np.arange(steps - 1, -1, -1)
+    steps = grid.context_steps
+    seconds = end - grid.step_seconds * np.arange(steps - 1, -1, -1)
     day = np.sin(2 * np.pi * seconds / 86400.0)
     values = np.empty((servers, steps, len(quantities)))
     for i, name in enumerate(quantities):
@@ -104,12 +107,22 @@ def measure(service: Any, model: Any, servers: int) -> dict[str, Any]:
     from forecaster.engine import forecast
     from forecaster.features import profile_of
 
-    end = int(time.time()) // 300 * 300
-    cleaned = cleaned_arrays(servers, tuple(q.name for q in service.quantities), end)
+    grid = service.contract.grid
+    end = int(time.time()) // grid.step_seconds * grid.step_seconds
+    cleaned = cleaned_arrays(servers, tuple(q.name for q in service.quantities), end, grid)
     profiles = {name: profile_of(name) for name in cleaned.instances}
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    result = forecast(cleaned, service.targets, profiles, model.predictor, min_steps=36)
+    result = forecast(
+        cleaned,
+        service.targets,
+        profiles,
+        model.predictor,
+        min_steps=36,
+        horizon=grid.horizon_steps,
+        step=grid.step_seconds,
+        season=grid.season_steps,
+    )
     _synchronise(model.device)
     timings["forecast_s"] = time.perf_counter() - started
     started = time.perf_counter()

@@ -9,7 +9,7 @@ the numbers must agree (sorted quantiles, relative difference). Band calibration
 after the network, is switched off so that the raw network outputs are compared.
 
 The model is the registry's shipped default (`models/<current>`); history comes from the
-simulator (seed 42), two days per server, the last 288 steps as context.
+simulator (seed 42), two days per server, the grid's context (a day) as context.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import numpy as np
 import pandas as pd
 
 from bench.common import Context, figure, load
+from forecaster.grid import CONTEXT_STEPS, DAY_STEPS, STEP_SECONDS
 
 NAME = "inference"
 TITLE = "Inference: fast path vs the library's `TimeSeriesDataSet` + `predict()`"
 SIZES = (20, 1_000)
 QUICK_SIZES = (5,)
-CONTEXT = 288
+CONTEXT = CONTEXT_STEPS
 
 
 def load_model(models_dir: Path) -> Any:
@@ -51,16 +52,18 @@ def load_model(models_dir: Path) -> Any:
 
 
 def history_arrays(servers: int, config: Any, *, seed: int = 42, days: float = 2.0) -> dict:
-    """Simulated history of `servers` hosts as right-aligned (N, 288, .) arrays."""
+    """Simulated history of `servers` hosts as right-aligned (N, CONTEXT, .) arrays."""
     from forecaster.history_files import read_history
     from simulator.fleet import build_fleet
     from simulator.history import HistorySpec, write_history
 
-    last = int(time.time()) // 300 - 12
-    first = last - int(days * 288)
+    last = int(time.time()) // STEP_SECONDS - 12
+    first = last - int(days * DAY_STEPS)
     with tempfile.TemporaryDirectory(prefix="bench-history-") as out:
         write_history(
-            build_fleet(servers, seed=seed), HistorySpec(first, last, first * 300.0), Path(out)
+            build_fleet(servers, seed=seed),
+            HistorySpec(first, last, first * float(STEP_SECONDS)),
+            Path(out),
         )
         wide = read_history(Path(out), [*config.targets, *config.covariates])
     wide = wide.sort_values(["instance", "timestamp"], kind="stable")
@@ -81,7 +84,7 @@ def history_arrays(servers: int, config: Any, *, seed: int = 42, days: float = 2
 
 
 def make_batch(data: dict) -> Any:
-    """The fast path's `Batch` of the arrays (full 288-step histories)."""
+    """The fast path's `Batch` of the arrays (full CONTEXT-step histories)."""
     from forecaster.features import host_id, profile_of
     from forecaster.model.fast import Batch
 
@@ -120,7 +123,7 @@ def _library_frame(config: Any, data: dict) -> pd.DataFrame:
     n, horizon = len(data["instances"]), config.horizon
     steps = CONTEXT + horizon
     offsets = np.arange(-CONTEXT + 1, horizon + 1)
-    seconds = data["end"] + 300 * offsets
+    seconds = data["end"] + STEP_SECONDS * offsets
     frame: dict[str, Any] = {
         "instance": np.repeat(np.asarray(data["instances"], dtype=object), steps),
         "timestamp": pd.to_datetime(np.tile(seconds, n), unit="s", utc=True),

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from bench.common import Context, figure, load
+from forecaster.grid import DAY_STEPS
 from stack.process import Supervisor
 
 NAME = "training"
@@ -43,7 +44,13 @@ def history_speed(ctx: Context, supervisor: Supervisor) -> dict[str, Any]:
         *("--out", str(ctx.path("history-speed", "x").parent)),
     ]
     wall = _timed_run(ctx, supervisor, "history-speed", argv)
-    return {"days": days, "servers": 20, "rows": days * 288 * 20, "wall_s": wall, "load": load()}
+    return {
+        "days": days,
+        "servers": 20,
+        "rows": days * DAY_STEPS * 20,
+        "wall_s": wall,
+        "load": load(),
+    }
 
 
 def epoch_time(ctx: Context, supervisor: Supervisor) -> dict[str, Any]:

@@ -24,7 +24,7 @@ class ErrorBody(BaseModel):
 
 
 class ForecastBody(BaseModel):
-    """One quantity's forecast: 96 steps of 5 minutes, step k at origin + (k + 1) * 300 s."""
+    """One quantity's forecast over the whole horizon: step k at origin + (k + 1) * step_seconds."""
 
     p10: list[float | None]
     p50: list[float | None]

@@ -18,15 +18,38 @@ import numpy as np
 from numpy.typing import NDArray
 
 STEP_SECONDS = 300
+"""The grid step the exported labels count in; the forecaster's data contract must agree
+(`forecaster.contract.Grid` refuses a contract whose step does not fit these labels)."""
+_UNIT_SECONDS: Mapping[str, int] = MappingProxyType({"m": 60, "h": 3600, "d": 86400})
+
+
+def duration_seconds(label: str) -> int:
+    """Seconds in a duration label of one unit: "5m", "8h", "1d"; `ValueError` otherwise."""
+    number, unit = label[:-1], label[-1:]
+    if not number.isdecimal() or unit not in _UNIT_SECONDS or int(number) < 1:
+        raise ValueError(f"duration {label!r}: expected a positive count of m, h or d")
+    return int(number) * _UNIT_SECONDS[unit]
+
+
+def label_steps(labels: tuple[str, ...], step_seconds: int = STEP_SECONDS) -> Mapping[str, int]:
+    """label -> whole steps of `step_seconds` in that duration, in the order given."""
+    steps = {}
+    for label in labels:
+        count, rest = divmod(duration_seconds(label), step_seconds)
+        if rest:
+            raise ValueError(f"duration {label!r} is not a whole number of {step_seconds} s steps")
+        steps[label] = count
+    return MappingProxyType(steps)
+
+
+# The one definition of the exported labels; their steps follow from the labels themselves.
 # Exported horizons: label -> steps ahead (1-based), so that `x{horizon="1h"} offset 1h`
 # lines up with the actual value.
-HORIZONS: Mapping[str, int] = MappingProxyType(
-    {"5m": 1, "30m": 6, "1h": 12, "2h": 24, "4h": 48, "8h": 96}
-)
+HORIZONS: Mapping[str, int] = label_steps(("5m", "30m", "1h", "2h", "4h", "8h"))
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_LABELS = ("0.1", "0.5", "0.9")
 # Breach-probability windows: label -> steps covered from the origin.
-WINDOWS: Mapping[str, int] = MappingProxyType({"30m": 6, "8h": 96})
+WINDOWS: Mapping[str, int] = label_steps(("30m", "8h"))
 # Methods the guard weighs (forecaster.guard), and every method that may serve a forecast:
 # those, and the ramp outlook of the capacity quantities (forecaster.trend).
 CANDIDATE_METHODS = ("tft", "seasonal_mean", "seasonal_naive", "heuristic")

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from exporter.snapshot import HORIZONS, QUANTILES, STEP_SECONDS, Accuracy
+from exporter.snapshot import HORIZONS, QUANTILES, Accuracy
+from forecaster.grid import STEP_SECONDS
 
 DEFAULT_WINDOW_SECONDS = 86_400.0
 DEFAULT_LATE_SECONDS = 3_600.0

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from forecaster.contract import MAGNITUDE_LIMIT, Quantity
-from forecaster.grid import nanoseconds, require_columns, to_utc
+from forecaster.grid import CONTEXT_STEPS, STEP_SECONDS, nanoseconds, require_columns, to_utc
 
 REASONS = (
     "invalid_row",
@@ -68,11 +68,11 @@ META_COLUMNS = ("instance", "timestamp", "profile", "state")
 class CleanConfig:
     """Window and tolerance of the cleaner, in grid steps."""
 
-    context_steps: int = 288
+    context_steps: int = CONTEXT_STEPS
     min_steps: int = 36
     max_fill_gap: int = 3
     max_missing_ratio: float = 0.2
-    step_seconds: int = 300
+    step_seconds: int = STEP_SECONDS
 
     def __post_init__(self) -> None:
         if self.context_steps < 1 or self.step_seconds < 1:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -347,7 +348,7 @@ class Config(_Section):
             Quantity(name, q.role, q.unit, q.domain, record="", expr=q.expr)
             for name, q in self.custom_quantities.items()
         )
-        return Contract(contract.version, contract.step_seconds, contract.quantities + extra)
+        return replace(contract, quantities=contract.quantities + extra)
 
     def targets(self, contract: Contract) -> tuple[Quantity, ...]:
         """The forecast quantities: the configured names, or every target of the contract."""

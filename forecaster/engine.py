@@ -7,7 +7,9 @@ forecast: masked, never invented), the last value and trend, and the model's top
 
 The model serves an instance when one is loaded, the instance has at least the model's minimum
 encoder length (and the configured warm-up) of history, and the model knows the quantity;
-anything else, and any row whose model output is not finite, gets the heuristic. Capacity
+anything else, and any row whose model output is not finite, gets the heuristic. The horizon
+is the caller's (the contract's grid); a model forecasting further serves its first `horizon`
+steps, one forecasting less does not serve at all. Capacity
 quantities with a configured ramp outlook get its projection where it sees a breach sooner.
 """
 
@@ -26,9 +28,9 @@ from numpy.typing import NDArray
 from exporter.snapshot import QUANTILES
 from forecaster.clean import Cleaned
 from forecaster.contract import Quantity
+from forecaster.grid import CONTEXT_STEPS, SEASON_STEPS
 from forecaster.guard import Guard
 from forecaster.heuristic import (
-    SEASON_STEPS,
     clip_to_domain,
     heuristic_forecast,
     seasonal_mean_forecast,
@@ -83,13 +85,15 @@ def forecast(
     predictor: Predictor | None,
     *,
     min_steps: int,
-    horizon: int = 96,
-    step: int = 300,
+    horizon: int,
+    step: int,
+    season: int = SEASON_STEPS,
     batch_factory: object = None,
     guard: Guard | None = None,
     ramps: Mapping[str, RampRule] | None = None,
 ) -> ForecastSet:
-    """Forecast every instance of `cleaned` (see the module docstring).
+    """Forecast every instance of `cleaned` (see the module docstring), `horizon` steps of
+    `step` seconds ahead, the seasonal methods repeating every `season` steps.
 
     Without a `guard` the TFT serves where it can and the heuristic everywhere else; with one,
     the guard picks per series among the candidates and recalibrates their bands
@@ -100,7 +104,9 @@ def forecast(
     n = len(cleaned.instances)
     names = [q.name for q in targets]
     instance_profiles = tuple(profiles.get(i, "generic") for i in cleaned.instances)
-    context = _Context(targets, instance_profiles, predictor, min_steps, horizon, batch_factory)
+    context = _Context(
+        targets, instance_profiles, predictor, min_steps, horizon, season, batch_factory
+    )
     candidates, drivers, events = _candidates(cleaned, context, seasonal=guard is not None)
     out: dict[str, NDArray[np.float64]] = {}
     methods: dict[str, NDArray[np.str_]] = {}
@@ -160,6 +166,7 @@ class _Context:
     predictor: Predictor | None
     min_steps: int
     horizon: int
+    season: int
     batch_factory: object
 
 
@@ -203,10 +210,10 @@ def _candidates(
         series = y[:, :, column[name]]
         if seasonal:
             candidates[name]["seasonal_naive"] = seasonal_naive_forecast(
-                series, horizon, QUANTILES, season=SEASON_STEPS
+                series, horizon, QUANTILES, season=context.season
             )
             candidates[name]["seasonal_mean"] = seasonal_mean_forecast(
-                series, horizon, QUANTILES, season=SEASON_STEPS
+                series, horizon, QUANTILES, season=context.season
             )
             candidates[name]["heuristic"] = heuristic_forecast(
                 series, horizon, QUANTILES, season=None
@@ -217,7 +224,9 @@ def _candidates(
                 todo = ~np.isfinite(candidates[name]["tft"]).all(axis=(1, 2))
             heuristic = np.full((n, horizon, len(QUANTILES)), np.nan)
             if todo.any():
-                heuristic[todo] = heuristic_forecast(series[todo], horizon, QUANTILES)
+                heuristic[todo] = heuristic_forecast(
+                    series[todo], horizon, QUANTILES, season=context.season
+                )
             candidates[name]["heuristic"] = heuristic
     return candidates, drivers, events
 
@@ -278,7 +287,15 @@ def _model_forecast(
     if missing:
         log.debug("model needs quantities that are not fetched: %s", missing)
         return None
-    encoder = int(getattr(config, "encoder_length", 288))
+    model_horizon = int(getattr(config, "horizon", horizon))
+    if model_horizon < horizon:
+        log.warning(
+            "the model forecasts %d steps, fewer than the horizon of %d: it does not serve",
+            model_horizon,
+            horizon,
+        )
+        return None
+    encoder = int(getattr(config, "encoder_length", CONTEXT_STEPS))
     minimum = max(int(getattr(config, "min_encoder_length", 1)), min_steps)
     lengths = np.minimum(cleaned.lengths, min(encoder, cleaned.values.shape[1]))
     rows = np.flatnonzero(lengths >= minimum)

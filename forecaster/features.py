@@ -12,7 +12,6 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-STEP_SECONDS = 300
 DAY = 86400
 # Host-name prefix -> profile, as the seed system named its fleet; anything else is generic.
 PROFILE_PREFIXES: Mapping[str, str] = {

@@ -1,4 +1,4 @@
-"""The 5-minute UTC grid every frame lands on, and the frame shapes built on it.
+"""The 5-minute UTC grid every frame lands on, its step counts, and the frame shapes built on it.
 
 The canonical WIDE frame has the columns `instance` (str), `timestamp` (datetime64[ns, UTC]), an
 optional `profile` (str) and one float64 column per quantity; it is sorted by (instance,
@@ -26,7 +26,20 @@ from typing import TypeGuard
 import numpy as np
 import pandas as pd
 
-STEP_SECONDS = 300
+from forecaster.contract import Grid, load_contract
+
+GRID: Grid = load_contract().grid
+"""The packaged contract's grid: the one source of the constants below, which are the defaults
+of the functions on the grid. The service passes its own contract's values explicitly."""
+STEP_SECONDS = GRID.step_seconds
+SEASON_STEPS = GRID.season_steps
+"""One season (24 h) in steps: the period the seasonal methods repeat."""
+CONTEXT_STEPS = GRID.context_steps
+"""The history the model and the heuristic read (24 h): the least the window holds."""
+HORIZON_STEPS = GRID.horizon_steps
+"""Steps ahead of every forecast (8 h)."""
+DAY_STEPS = 86_400 // STEP_SECONDS
+"""Steps in a day of the clock, to turn days of history into steps."""
 KEYS = ("instance", "timestamp")
 # datetime64[ns] spans about +-292 years around 1970; unix seconds beyond that are invalid.
 MAX_UNIX_SECONDS = 9.2e9

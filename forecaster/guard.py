@@ -19,7 +19,7 @@ Scores come from two sources that run through the same code:
 * online: every `spacing_steps` the cycle's own candidate forecasts are recorded.
 
 A record also holds the served combination (before calibration) of that origin. It is scored
-at the steps of `SCORE_STEPS` (1, 2, 3, 4, 6, 8, 12, ... 96) as soon as an observed actual
+at the steps of `SCORE_STEPS` (1, 2, 3, 4, 6, 8, 12, ... the horizon) as soon as an observed actual
 value for its target time is in the window. Each scored step goes into a ring buffer of
 `memory` samples per (series, horizon band), one slot for all methods, holding each method's
 quantile loss (mean pinball over p10/p50/p90) and its residuals against p10 and p90. Bands are
@@ -53,9 +53,11 @@ from typing import Any
 import numpy as np
 
 from exporter.snapshot import CANDIDATE_METHODS, HORIZONS, QUANTILES
+from forecaster.grid import HORIZON_STEPS, STEP_SECONDS
 
 METHODS = CANDIDATE_METHODS
-SCORE_STEPS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96])
+_SCORE_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+SCORE_STEPS = np.array([*(s for s in _SCORE_GRID if s < HORIZON_STEPS), HORIZON_STEPS])
 _LABELS = tuple(sorted(HORIZONS, key=HORIZONS.__getitem__))
 _BAND_STEPS = np.array([HORIZONS[label] for label in _LABELS])
 _PROBS = np.asarray(QUANTILES, dtype=np.float64)
@@ -84,7 +86,7 @@ class GuardParams:
     bootstrap_per_cycle: int
 
 
-def default_params(step_seconds: int = 300, **overrides: Any) -> GuardParams:
+def default_params(step_seconds: int = STEP_SECONDS, **overrides: Any) -> GuardParams:
     """The configuration's defaults as `GuardParams`, with `overrides` (tests, replays)."""
     from forecaster.config import GuardSettings
 
@@ -171,7 +173,7 @@ class Served:
 class Guard:
     """Scores, choice and band calibration per series (see the module docstring)."""
 
-    def __init__(self, params: GuardParams | None = None, step_seconds: int = 300) -> None:
+    def __init__(self, params: GuardParams | None = None, step_seconds: int = STEP_SECONDS) -> None:
         self.params = params or default_params(step_seconds)
         self.step = step_seconds
         self._states: dict[str, _State] = {}

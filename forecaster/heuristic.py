@@ -44,9 +44,9 @@ from typing import Literal
 
 import numpy as np
 
+from forecaster.grid import HORIZON_STEPS, SEASON_STEPS
+
 METHODS = ("seasonal_naive", "linear_trend", "last_value", "none")
-SEASON_STEPS = 288
-"""One season (24 h) of 5-minute steps."""
 MIN_ERRORS = 24
 """Errors needed at a horizon before its empirical quantiles are trusted (2 h of origins)."""
 DAMPING = (0.0, 0.8, 0.9)
@@ -80,7 +80,7 @@ def choose_methods(y: np.ndarray, season: int | None = SEASON_STEPS) -> np.ndarr
 
 def heuristic_forecast(
     y: np.ndarray,
-    horizon: int = 96,
+    horizon: int = HORIZON_STEPS,
     quantiles: Quantiles = (0.1, 0.5, 0.9),
     *,
     season: int | None = SEASON_STEPS,
@@ -106,7 +106,7 @@ def heuristic_forecast(
 
 def seasonal_naive_forecast(
     y: np.ndarray,
-    horizon: int = 96,
+    horizon: int = HORIZON_STEPS,
     quantiles: Quantiles = (0.1, 0.5, 0.9),
     *,
     season: int = SEASON_STEPS,
@@ -125,7 +125,7 @@ def seasonal_naive_forecast(
 
 def seasonal_mean_forecast(
     y: np.ndarray,
-    horizon: int = 96,
+    horizon: int = HORIZON_STEPS,
     quantiles: Quantiles = (0.1, 0.5, 0.9),
     *,
     season: int = SEASON_STEPS,
@@ -144,7 +144,11 @@ def seasonal_mean_forecast(
 
 
 def seasonal_mean_point(
-    y: np.ndarray, origins: np.ndarray, steps: np.ndarray, season: int = 288, seasons: int = 3
+    y: np.ndarray,
+    origins: np.ndarray,
+    steps: np.ndarray,
+    season: int = SEASON_STEPS,
+    seasons: int = 3,
 ) -> np.ndarray:
     """Mean over k = 1..`seasons` of the value k seasons before the target, of those that
     lie inside the history (gaps forward-filled); NaN where fewer than two do."""
@@ -241,7 +245,7 @@ def last_value_point(y: np.ndarray, origins: np.ndarray, steps: np.ndarray) -> n
 
 
 def seasonal_naive_point(
-    y: np.ndarray, origins: np.ndarray, steps: np.ndarray, season: int = 288
+    y: np.ndarray, origins: np.ndarray, steps: np.ndarray, season: int = SEASON_STEPS
 ) -> np.ndarray:
     """Value one season before the target (gaps forward-filled); NaN before the history."""
     lag = season * ((steps - 1) // season + 1)

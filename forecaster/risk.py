@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from exporter.snapshot import STEP_SECONDS, WINDOWS, Environment, Risk
+from exporter.snapshot import WINDOWS, Environment, Risk
 from forecaster.config import Levels, RiskComponent, RiskSettings
+from forecaster.grid import STEP_SECONDS
 
 FloatArray = NDArray[np.float64]
 MAX_SCORE = 100.0
@@ -101,8 +102,8 @@ class FleetRules:
         "memory_utilisation",
         "filesystem_utilisation",
     )
-    short: FleetWindow = FleetWindow(6, 0.90, 0.98, 0.35, 0.85, 0.95, 0.15)
-    long: FleetWindow = FleetWindow(96, 0.88, 0.96, 0.25, 0.82, 0.92, 0.10)
+    short: FleetWindow = FleetWindow(WINDOWS["30m"], 0.90, 0.98, 0.35, 0.85, 0.95, 0.15)
+    long: FleetWindow = FleetWindow(WINDOWS["8h"], 0.88, 0.96, 0.25, 0.82, 0.92, 0.10)
     critical_above: float = 0.7
     warning_above: float = 0.4
 

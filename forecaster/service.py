@@ -26,7 +26,6 @@ import pandas as pd
 from exporter.snapshot import (
     EMPTY_SNAPSHOT,
     THRESHOLD_LEVELS,
-    WINDOWS,
     Breach,
     InstanceSnapshot,
     QuantityForecast,
@@ -54,12 +53,11 @@ from forecaster.risk import (
 )
 from forecaster.source import SourceError
 from forecaster.trend import ramp_rules
-from forecaster.window import CONTEXT_STEPS, HistoryWindow, held_steps
+from forecaster.window import HistoryWindow, held_steps
 
 log = logging.getLogger(__name__)
 UNIT_MISTAKE_SHARE = 0.5
 """A series with more than this share of its window outside the domain gets a warning."""
-"""The model's context and the first fetch after a start or gap: 24 h of 5-minute steps."""
 Publish = Callable[[Snapshot, ServiceState], None]
 
 
@@ -114,18 +112,20 @@ class Service:
         self.holder = holder
         self.publish = publish
         self.clock = clock
-        step = self.contract.step_seconds
+        grid = self.contract.grid
+        step = grid.step_seconds
         settings = config.guard
         self.guard = Guard(guard_params(settings, step), step) if settings.enabled else None
         self.ramps = ramp_rules(config, step)
+        long = self.guard is not None or bool(self.ramps)
         self.window = HistoryWindow(
             tuple(q.name for q in self.quantities),
-            held_steps(settings.history, step, long=self.guard is not None or bool(self.ramps)),
+            held_steps(settings.history, step, long=long, context=grid.context_steps),
             step,
-            first_steps=CONTEXT_STEPS,
+            first_steps=grid.context_steps,
             chunk_steps=max(1, int(settings.backfill_chunk // step)),
         )
-        self.accuracy = OnlineAccuracy(step_seconds=step)
+        self.accuracy = OnlineAccuracy(horizons=grid.horizons, step_seconds=step)
         self.snapshot: Snapshot = EMPTY_SNAPSHOT
         self.state = ServiceState(
             contract_version=self.contract.version,
@@ -230,7 +230,7 @@ class Service:
         self.window.drop(vanished | excess)
 
     def _forecast_and_build(self) -> Snapshot:
-        step = self.contract.step_seconds
+        grid = self.contract.grid
         end = self.window.end
         frame = self.window.frame()
         cleaned = clean(
@@ -240,6 +240,7 @@ class Service:
             CleanConfig(
                 context_steps=self.window.context_steps,
                 min_steps=self.config.cycle.warmup_steps,
+                step_seconds=grid.step_seconds,
             ),
         )
         self._clean_events.update(cleaned.counts)
@@ -252,7 +253,9 @@ class Service:
             self._profiles,
             model.predictor if model else None,
             min_steps=self.config.cycle.warmup_steps,
-            step=step,
+            horizon=grid.horizon_steps,
+            step=grid.step_seconds,
+            season=grid.season_steps,
             guard=self.guard,
             ramps=self.ramps,
         )
@@ -363,15 +366,15 @@ class Service:
         a ramp that only the model extrapolates must still warn (the early-warning path that
         `docs/EVALUATION.md` measures). Where the model does not serve, the served forecast's.
         """
-        step = self.contract.step_seconds
-        probabilities, time_to_breach = breach_outlook(served, threshold, step)
+        step, windows = self.contract.step_seconds, self.contract.grid.windows
+        probabilities, time_to_breach = breach_outlook(served, threshold, step, windows)
         earliest = earliest_breach(served, threshold, step)
         model = result.candidates.get(name, {}).get("tft")
         if model is None:
             return probabilities, time_to_breach, earliest
         serves = np.isfinite(model).all(axis=(1, 2)) & result.available[name]
         known = np.where(np.isfinite(model), model, 0.0)
-        model_p, model_ttb = breach_outlook(known, threshold, step)
+        model_p, model_ttb = breach_outlook(known, threshold, step, windows)
         merged = {
             w: np.where(serves, np.maximum(p, model_p[w]), p) for w, p in probabilities.items()
         }
@@ -402,7 +405,9 @@ class Service:
                 breaches[name] = Breach(
                     quantity=name,
                     threshold=float(self.config.thresholds[name].critical),
-                    probability=MappingProxyType({w: float(probabilities[w][r]) for w in WINDOWS}),
+                    probability=MappingProxyType(
+                        {w: float(probabilities[w][r]) for w in self.contract.grid.windows}
+                    ),
                     time_to_breach=None if np.isnan(ttb) else ttb,
                     earliest_breach=None if np.isnan(early) else early,
                 )

@@ -33,7 +33,8 @@ from statistics import NormalDist
 import numpy as np
 
 from forecaster.config import Config
-from forecaster.heuristic import SEASON_STEPS, forward_fill
+from forecaster.grid import SEASON_STEPS, STEP_SECONDS
+from forecaster.heuristic import forward_fill
 from forecaster.risk import breach_outlook
 
 MIN_SD = 1e-3
@@ -197,7 +198,9 @@ def deviation_z(
     return (latest - centre) / np.maximum(np.nan_to_num(spread, nan=MIN_SD), MIN_SD)
 
 
-def predict_linear(y: np.ndarray, window: int, ahead: float, step: int = 300) -> np.ndarray:
+def predict_linear(
+    y: np.ndarray, window: int, ahead: float, step: int = STEP_SECONDS
+) -> np.ndarray:
     """PromQL `predict_linear(v[window * step], ahead)` at every column of y (N, T).
 
     Least squares of value on time over the last `window` samples (the origin included; NaN

@@ -19,16 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from forecaster.grid import KEYS, STEP_SECONDS, combine, nanoseconds, regrid
-
-CONTEXT_STEPS = 288
-"""A day of 5-minute steps: the least the window holds (what the model and heuristic read)."""
+from forecaster.grid import CONTEXT_STEPS, KEYS, STEP_SECONDS, combine, nanoseconds, regrid
 
 
-def held_steps(history_seconds: float, step: int, *, long: bool) -> int:
-    """Steps the service's window holds: `history_seconds` (at least a day) when something
-    reads two seasons back or more (the forecast guard, a ramp outlook), else a day."""
-    return max(CONTEXT_STEPS, int(history_seconds // step)) if long else CONTEXT_STEPS
+def held_steps(
+    history_seconds: float, step: int, *, long: bool, context: int = CONTEXT_STEPS
+) -> int:
+    """Steps the service's window holds: `history_seconds` (at least the `context` the model
+    and the heuristic read, a day) when something reads two seasons back or more (the forecast
+    guard, a ramp outlook), else the `context`."""
+    return max(context, int(history_seconds // step)) if long else context
 
 
 PUSH_LEAD_SECONDS = 600.0
@@ -55,7 +55,7 @@ class HistoryWindow:
     def __init__(
         self,
         quantities: tuple[str, ...],
-        context_steps: int = 288,
+        context_steps: int = CONTEXT_STEPS,
         step: int = STEP_SECONDS,
         overlap_steps: int = 2,
         *,

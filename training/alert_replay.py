@@ -39,6 +39,7 @@ import yaml
 from numpy.typing import NDArray
 
 from forecaster.config import Config, parse_duration
+from forecaster.grid import STEP_SECONDS
 
 HOUR = 3600
 LOOKBACK = 8 * HOUR  # an alert counts as early warning up to 8 h before the breach
@@ -294,7 +295,7 @@ def score(
 ) -> Score:
     """Score one quantity's firing (N, T) against its incidents (rows of the same instances)."""
     times = np.asarray(times, dtype=np.int64)
-    step = int(times[1] - times[0]) if times.size > 1 else 300
+    step = int(times[1] - times[0]) if times.size > 1 else STEP_SECONDS
     found = episodes(firing, times)
     chosen = np.ones(len(incidents), dtype=bool) if incidents.scored is None else incidents.scored
     in_window = (incidents.start >= times[0] + lookback) & (incidents.start <= times[-1])

@@ -25,13 +25,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from forecaster.contract import load_contract
-from forecaster.features import STEP_SECONDS, host_id, profile_of
+from forecaster.features import host_id, profile_of
+from forecaster.grid import STEP_SECONDS
 from forecaster.history_files import read_history
 from forecaster.model.dataset import epoch_seconds
 from forecaster.model.fast import Batch, FastPredictor
 from forecaster.model.tft import ModelBundle, load_bundle
 from forecaster.registry import Registry
 from training.baselines import BASELINES
+from training.gates import BACKTEST_CONTEXT
 from training.metrics import HORIZONS, score_horizons
 
 log = logging.getLogger("training.backtest")
@@ -50,7 +52,7 @@ class BacktestSpec:
     """Where the origins are and what the baselines see."""
 
     origin_every: int = 24  # steps between origins (2 h)
-    context: int = 576  # steps of history handed to the baselines (the TFT reads its last 288)
+    context: int = BACKTEST_CONTEXT  # history handed to the baselines (the TFT reads its encoder's)
     baselines: tuple[str, ...] = DEFAULT_BASELINES
 
 

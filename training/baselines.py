@@ -33,15 +33,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from forecaster.grid import SEASON_STEPS
 from forecaster.heuristic import (
     forecast_with_residual_bands,
     last_value_point,
     linear_trend_point,
     seasonal_naive_point,
 )
-
-SEASON = 288
-"""One day of 5-minute steps."""
 
 
 class _StatsforecastModel(Protocol):
@@ -82,7 +80,7 @@ class SeasonalNaive:
     bands need ``MIN_ERRORS`` seasonal pairs, i.e. at least ``season + 24`` steps of history.
     """
 
-    season: int = SEASON
+    season: int = SEASON_STEPS
     name: str = "seasonal_naive_24h"
 
     def fit_predict(self, y: np.ndarray, horizon: int, quantiles: Sequence[float]) -> np.ndarray:
@@ -133,7 +131,7 @@ class MSTLAutoETS:
     NaN for a series with fewer than two seasons of observed span.
     """
 
-    season: int = SEASON
+    season: int = SEASON_STEPS
     name: str = "mstl_auto_ets_24h"
 
     def fit_predict(self, y: np.ndarray, horizon: int, quantiles: Sequence[float]) -> np.ndarray:

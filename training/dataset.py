@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from forecaster.features import STEP_SECONDS
+from forecaster.grid import DAY_STEPS, STEP_SECONDS
 from forecaster.model.config import TFTConfig
 from forecaster.model.dataset import GROUP, TIME, model_frame
 
 MAX_FILL_STEPS = 3  # gaps up to 15 minutes are interpolated; longer ones split a series
 WEIGHT = "weight"
-DAY_STEPS = 288
 
 
 def segments(wide: pd.DataFrame, config: TFTConfig) -> pd.DataFrame:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from forecaster.config import load_config
+from forecaster.grid import STEP_SECONDS
 from forecaster.model.dataset import epoch_seconds
 from training import alert_replay as ar
 from training.alert_methods import (
@@ -152,7 +153,7 @@ def _describe(data: Dataset, times: np.ndarray, kinds: Mapping[str, str]) -> dic
         "servers": len(data.grid.instances),
         "start": _iso(data.grid.times[0]),
         "end": _iso(data.grid.times[-1]),
-        "days": round((data.grid.times[-1] - data.grid.times[0] + 300) / 86400, 2),
+        "days": round((data.grid.times[-1] - data.grid.times[0] + STEP_SECONDS) / 86400, 2),
         "first_origin": _iso(times[0]),
         "origins": int(times.size),
         "incidents_by_kind": {str(k): int(v) for k, v in sorted(counts.items())},

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from forecaster.grid import STEP_SECONDS
 from training import alert_replay as ar
 
 KIND_COLOURS = {
@@ -183,7 +184,7 @@ def _fan_chart(key: str, state, data, methods, result) -> Figure:
     span = (data.grid.times >= breach - 10 * ar.HOUR) & (data.grid.times <= breach + 2 * ar.HOUR)
     hours = (data.grid.times[span] - breach) / 3600
     top.plot(hours, column[span], color="black", linewidth=1.2, label="actual")
-    ahead = (origins[k] + 300 * np.arange(1, forecasts.shape[1] + 1) - breach) / 3600
+    ahead = (origins[k] + STEP_SECONDS * np.arange(1, forecasts.shape[1] + 1) - breach) / 3600
     top.fill_between(ahead, forecasts[k, :, 0], forecasts[k, :, 2], alpha=0.3, label="p10-p90")
     top.plot(ahead, forecasts[k, :, 1], color="tab:blue", label="p50")
     top.axhline(threshold, color="red", linestyle=":", label="critical threshold")
@@ -212,7 +213,7 @@ def _marks(top, bottom, firing, times, breach: int) -> None:
             )
             top.axvspan(
                 (s - breach) / 3600,
-                (e + 300 - breach) / 3600,
+                (e + STEP_SECONDS - breach) / 3600,
                 color="orange",
                 alpha=0.2,
                 label=label,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecaster.features import STEP_SECONDS
+from forecaster.grid import CONTEXT_STEPS, DAY_STEPS, HORIZON_STEPS, SEASON_STEPS, STEP_SECONDS
 
 REJECTIONS = (
     "worse_than_current",
@@ -34,6 +34,8 @@ REJECTIONS = (
 )
 GATE_HORIZONS = ("30m", "2h", "8h", "all")
 TFT = "tft"  # the model's key in a backtest's scores (training.backtest.TFT)
+BACKTEST_CONTEXT = 2 * SEASON_STEPS
+"""Steps of history the backtest hands its baselines: two seasons (the seasonal mean's)."""
 
 
 @dataclass(frozen=True)
@@ -196,13 +198,13 @@ def _coverage(scores: dict[str, Any], targets: list[str]) -> float | None:
 
 @dataclass(frozen=True)
 class Window:
-    """How much history one run needs, in 5-minute steps."""
+    """How much history one run needs, in grid steps (the model's shape: `TFTConfig`'s)."""
 
-    encoder: int = 288
-    horizon: int = 96
-    validation: int = 288  # training.train holds out its last day for validation
-    context: int = 576  # steps before the holdout that the backtest's baselines read
-    holdout: int = 288
+    encoder: int = CONTEXT_STEPS
+    horizon: int = HORIZON_STEPS
+    validation: int = DAY_STEPS  # training.train holds out its last day for validation
+    context: int = BACKTEST_CONTEXT  # steps before the holdout that the backtest's baselines read
+    holdout: int = DAY_STEPS
 
     @property
     def minimum(self) -> int:

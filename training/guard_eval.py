@@ -39,17 +39,17 @@ from forecaster.clean import CleanConfig, clean
 from forecaster.config import PrometheusSettings, load_config
 from forecaster.engine import forecast
 from forecaster.features import profile_of
+from forecaster.grid import STEP_SECONDS
 from forecaster.guard import Guard, guard_params
 from forecaster.heuristic import heuristic_forecast
 from forecaster.history_files import read_history
 from forecaster.models import ModelHolder
 from forecaster.source import PrometheusSource
 from forecaster.trend import ramp_rules
-from training.metrics import coverage, nql
+from training.metrics import HORIZONS, coverage, nql
 
 log = logging.getLogger(__name__)
-HORIZON = 96
-REPORTED = {"30m": 6, "2h": 24, "8h": 96}
+REPORTED = HORIZONS  # the scored horizons of training.metrics
 METHODS = ("served", "tft", "unguarded", "seasonal_mean", "seasonal_naive", "heuristic")
 
 
@@ -57,7 +57,7 @@ METHODS = ("served", "tft", "unguarded", "seasonal_mean", "seasonal_naive", "heu
 class SeriesScores:
     """Forecasts and actual values of one series over every origin, per method."""
 
-    actual: list[np.ndarray] = field(default_factory=list)  # (HORIZON,) per origin
+    actual: list[np.ndarray] = field(default_factory=list)  # (horizon,) per origin
     forecasts: dict[str, list[np.ndarray]] = field(default_factory=dict)  # method -> (H, 3)
     chosen: Counter[str] = field(default_factory=Counter)
 
@@ -72,7 +72,7 @@ def replay(
 ) -> tuple[dict[tuple[str, str], SeriesScores], dict[str, Any]]:
     """Replay `wide` (WIDE frame of one history) and collect every series' forecasts."""
     contract = config.contract()
-    step = contract.step_seconds
+    step, horizon = contract.step_seconds, contract.grid.horizon_steps
     quantities = contract.quantities
     present = [q for q in config.targets(contract) if q.name in wide.columns]
     present = [q for q in present if wide[q.name].notna().any()]
@@ -87,7 +87,7 @@ def replay(
     last = int(times.max().value // 1_000_000_000)
     start = first + (warmup_steps - 1) * step
     start -= start % step
-    origins = np.arange(start, last - HORIZON * step + 1, spacing_steps * step)
+    origins = np.arange(start, last - horizon * step + 1, spacing_steps * step)
     profiles = {name: profile_of(name, None) for name in wide["instance"].unique()}
     series: dict[tuple[str, str], SeriesScores] = {}
     grid = wide.assign(seconds=times.astype("int64") // 1_000_000_000)
@@ -103,7 +103,7 @@ def replay(
             window.drop(columns="seconds"),
             quantities,
             pd.Timestamp(int(origin), unit="s", tz="UTC"),
-            CleanConfig(context_steps=held, min_steps=config.cycle.warmup_steps),
+            CleanConfig(context_steps=held, min_steps=config.cycle.warmup_steps, step_seconds=step),
         )
         guarded = forecast(
             cleaned,
@@ -111,18 +111,22 @@ def replay(
             profiles,
             predictor,
             min_steps=config.cycle.warmup_steps,
+            horizon=horizon,
+            step=step,
+            season=contract.grid.season_steps,
             guard=guard,
             ramps=ramps,
         )
         column = {name: i for i, name in enumerate(cleaned.quantities)}
-        targets_at = origin + step * np.arange(1, HORIZON + 1)
+        targets_at = origin + step * np.arange(1, horizon + 1)
         for quantity in present:
             name = quantity.name
             y = np.where(
                 cleaned.observed[:, :, column[name]], cleaned.values[:, :, column[name]], np.nan
             )
             options = guarded.candidates[name]
-            fallback = heuristic_forecast(y[:, -288:], HORIZON, QUANTILES)  # 24 h, as before
+            context = contract.grid.context_steps  # 24 h, as before
+            fallback = heuristic_forecast(y[:, -context:], horizon, QUANTILES)
             for r, instance in enumerate(cleaned.instances):
                 if not guarded.available[name][r]:
                     continue
@@ -140,7 +144,7 @@ def replay(
                     "tft": tft_row,
                 }
                 for method, values in parts.items():
-                    empty = np.full((HORIZON, 3), np.nan)
+                    empty = np.full((horizon, 3), np.nan)
                     item.forecasts.setdefault(method, []).append(
                         empty if values is None else values
                     )
@@ -256,9 +260,9 @@ def plot_fans(arrays: Path, keys: Sequence[str], out: Path, origin_index: int = 
     data = np.load(arrays)
     figure = Figure(figsize=(6.0 * len(keys), 3.6), layout="constrained")
     axes = figure.subplots(1, len(keys), squeeze=False)[0]
-    steps = np.arange(1, HORIZON + 1) * 5 / 60
     for ax, key in zip(axes, keys, strict=True):
         actual = data[f"{key}|actual"][origin_index]
+        steps = np.arange(1, actual.shape[-1] + 1) * STEP_SECONDS / 3600  # hours ahead
         for method, color in (("tft", "tab:red"), ("served", "tab:blue")):
             band = data[f"{key}|{method}"][origin_index]
             ax.fill_between(steps, band[:, 0], band[:, 2], color=color, alpha=0.2)

@@ -23,10 +23,13 @@ from types import MappingProxyType
 
 import numpy as np
 
+from exporter.snapshot import HORIZONS as EXPORTED
+
 Quantiles = Sequence[float] | np.ndarray
 
-HORIZONS: Mapping[str, int] = MappingProxyType({"30m": 6, "2h": 24, "8h": 96})
-"""Scored horizons: name -> steps ahead on the 5-minute grid (horizon index = steps - 1)."""
+HORIZONS: Mapping[str, int] = MappingProxyType({h: EXPORTED[h] for h in ("30m", "2h", "8h")})
+"""Scored horizons, of the exported ones: name -> steps ahead on the 5-minute grid (horizon
+index = steps - 1)."""
 
 
 @dataclass(frozen=True)

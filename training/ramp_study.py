@@ -25,6 +25,7 @@ import numpy as np
 
 from exporter.snapshot import QUANTILES
 from forecaster.config import load_config
+from forecaster.grid import HORIZON_STEPS
 from forecaster.risk import breach_outlook
 from forecaster.trend import deviation_z, paced, ramp_forecast
 from training import alert_replay as ar
@@ -34,7 +35,7 @@ from training.alert_methods import (
     baseline_methods,
     load_dataset,
 )
-from training.replay import HORIZON, first_origin
+from training.replay import first_origin
 
 log = logging.getLogger("training.ramp_study")
 WINDOWS = (12, 24, 48, 72)  # candidate fit windows in steps: 1 h, 2 h, 4 h, 6 h
@@ -69,13 +70,13 @@ def ramp_probability(
     pace = {p: np.ones((y.shape[0], columns.size), dtype=bool) for p in paces}
     for k, c in enumerate(columns):
         history = y[:, max(0, c + 1 - held) : c + 1]
-        projected = ramp_forecast(history, HORIZON, QUANTILES, window=window, seasons=seasons)
+        projected = ramp_forecast(history, HORIZON_STEPS, QUANTILES, window=window, seasons=seasons)
         probability, _ = breach_outlook(np.nan_to_num(projected, nan=-np.inf), critical, step)
         out[:, k] = np.where(np.isfinite(projected).all(axis=(1, 2)), probability["8h"], 0.0)
         z[:, k] = deviation_z(history, recent=window)
         for p in paces:
             if p > 0:
-                pace[p][:, k] = paced(history, p, HORIZON, critical)
+                pace[p][:, k] = paced(history, p, HORIZON_STEPS, critical)
     return out, z, pace
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-STEP = 300
+STEP = 300  # the files' own sample interval (`..._grouped_300_seconds`), seconds
+DAY_STEPS = 86_400 // STEP
 FILES = {
     "alibaba": "alibaba2018/machine_usage_days_1_to_8_grouped_300_seconds.csv",
     "google": "google2019/instance_usage_grouped_300_seconds_month.csv",
@@ -62,7 +63,7 @@ def datacenter_traces(source: Path, start: pd.Timestamp) -> pd.DataFrame:
         )
     )
     google = pd.read_csv(source / FILES["google"])
-    week = 7 * 288
+    week = 7 * DAY_STEPS
     for k in range(len(google) // week):
         chunk = google.iloc[k * week : (k + 1) * week]
         parts.append(
@@ -78,7 +79,7 @@ def datacenter_traces(source: Path, start: pd.Timestamp) -> pd.DataFrame:
     azure = pd.read_csv(source / FILES["azure"])
     cpu = azure["cpu_usage"].to_numpy() / (1.25 * azure["cpu_usage"].max())
     mem = azure["assigned_mem"].to_numpy() / (1.25 * azure["assigned_mem"].max())
-    span = 10 * 288
+    span = 10 * DAY_STEPS
     for k in range(len(azure) // span):
         cut = slice(k * span, (k + 1) * span)
         parts.append(

@@ -37,13 +37,14 @@ from forecaster.clean import CleanConfig, clean
 from forecaster.config import Config
 from forecaster.contract import Quantity
 from forecaster.engine import forecast
+from forecaster.grid import CONTEXT_STEPS, HORIZON_STEPS, SEASON_STEPS, STEP_SECONDS
 from forecaster.risk import breach_outlook
 from forecaster.source import RangeResult
 from forecaster.trend import RampRule, ramp_rules
-from forecaster.window import CONTEXT_STEPS, held_steps
+from forecaster.window import held_steps
+from training.metrics import HORIZONS
 
 log = logging.getLogger(__name__)
-HORIZON = 96
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,11 @@ class Chain:
     quantities: tuple[Quantity, ...]
     targets: tuple[Quantity, ...]
     predictor: Any
-    step: int = 300
+    step: int = STEP_SECONDS
     ramps: Mapping[str, RampRule] = field(default_factory=dict)
     context_steps: int = CONTEXT_STEPS
+    horizon: int = HORIZON_STEPS
+    season: int = SEASON_STEPS
 
     @classmethod
     def of(cls, config: Config, predictor: Any) -> Chain:
@@ -129,10 +132,22 @@ class Chain:
         targets = config.targets(contract)
         covariates = config.covariate_quantities(contract)
         quantities = targets + tuple(q for q in covariates if q not in targets)
-        step = contract.step_seconds
+        grid = contract.grid
+        step = grid.step_seconds
         ramps = ramp_rules(config, step)
-        held = held_steps(config.guard.history, step, long=bool(ramps))  # the replay: no guard
-        return cls(config, quantities, targets, predictor, step, ramps, held)
+        # the replay runs no guard
+        held = held_steps(config.guard.history, step, long=bool(ramps), context=grid.context_steps)
+        return cls(
+            config,
+            quantities,
+            targets,
+            predictor,
+            step,
+            ramps,
+            held,
+            grid.horizon_steps,
+            grid.season_steps,
+        )
 
     def outlook(self, frame: pd.DataFrame, end: int, profiles: Mapping[str, str]):
         """(ForecastSet, masked forecasts, quantity -> window -> probability) at origin `end`."""
@@ -141,7 +156,7 @@ class Chain:
             frame,
             self.quantities,
             pd.Timestamp(end, unit="s", tz="UTC"),
-            CleanConfig(context_steps=self.context_steps, min_steps=warmup),
+            CleanConfig(context_steps=self.context_steps, min_steps=warmup, step_seconds=self.step),
         )
         result = forecast(
             cleaned,
@@ -149,7 +164,9 @@ class Chain:
             profiles,
             self.predictor,
             min_steps=warmup,
+            horizon=self.horizon,
             step=self.step,
+            season=self.season,
             ramps=self.ramps,
         )
         forecasts = {
@@ -227,7 +244,7 @@ def _empty(instances, chain: Chain, at: np.ndarray, skipped: int) -> Replay:
         probability={
             q: {w: np.full((n, at.size), np.nan) for w in WINDOWS} for q in chain.config.thresholds
         },
-        calibration={q.name: np.zeros((4, HORIZON)) for q in chain.targets},
+        calibration={q.name: np.zeros((4, chain.horizon)) for q in chain.targets},
     )
 
 
@@ -256,16 +273,17 @@ def _keep_fans(kept: dict[str, list], fans, instances, forecasts, origin: int) -
         kept.setdefault(request.key, []).append((origin, forecasts[request.quantity][row]))
 
 
-def calibration_summary(state: Replay, steps=(6, 24, 96)) -> dict[str, dict[str, Any]]:
-    """Per quantity and horizon (30m, 2h, 8h by default): p10-p90 coverage and the shares of
-    actual values below p10, p50 and p90."""
+def calibration_summary(
+    state: Replay, horizons: Mapping[str, int] = HORIZONS
+) -> dict[str, dict[str, Any]]:
+    """Per quantity and horizon (label -> steps ahead; 30m, 2h, 8h by default): p10-p90
+    coverage and the shares of actual values below p10, p50 and p90."""
     out: dict[str, dict[str, Any]] = {}
     for quantity, counts in state.calibration.items():
         per = {}
-        for k in steps:
+        for label, k in horizons.items():
             n = max(float(counts[3, k - 1]), 1.0)
             below = [round(float(counts[j, k - 1]) / n, 4) for j in range(3)]
-            label = f"{k * 5}m" if k * 5 < 60 else f"{k * 5 // 60}h"
             per[label] = {
                 "coverage": round(below[2] - below[0], 4),
                 "below": below,
@@ -287,7 +305,7 @@ class HistorySource:
     def now(self) -> float:
         return self.at
 
-    def query_range(self, expr, start, end, step=300, series_hint=1, *, quantity="value"):
+    def query_range(self, expr, start, end, step=STEP_SECONDS, series_hint=1, *, quantity="value"):
         """The rows of [start, end] of the expression's quantity, as a LONG frame."""
         name = self.names[expr]
         lo = np.searchsorted(self.seconds, start, side="left")

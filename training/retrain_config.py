@@ -46,7 +46,7 @@ from forecaster.config import (
     validated,
 )
 from forecaster.contract import load_contract
-from forecaster.features import STEP_SECONDS
+from forecaster.grid import STEP_SECONDS
 from forecaster.model.config import TFTConfig
 from training.baselines import BASELINES
 from training.gates import GateSpec, Window

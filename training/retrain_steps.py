@@ -20,8 +20,7 @@ import pandas as pd
 
 from forecaster.config import read_secret
 from forecaster.contract import Contract
-from forecaster.features import STEP_SECONDS
-from forecaster.grid import combine
+from forecaster.grid import STEP_SECONDS, combine
 from forecaster.history_files import read_history
 from forecaster.model.config import TFTConfig
 from forecaster.source import PrometheusSource, SourceError

@@ -28,6 +28,7 @@ from pytorch_forecasting import TimeSeriesDataSet
 from forecaster.config import PrometheusSettings
 from forecaster.contract import load_contract
 from forecaster.features import host_id, profile_of
+from forecaster.grid import DAY_STEPS
 from forecaster.history_files import read_history
 from forecaster.model.config import TFTConfig
 from forecaster.model.dataset import TIME, make_dataset, with_unknown_copies
@@ -70,7 +71,7 @@ def datasets(
     if frame.empty:
         raise ValueError("no series segment is long enough for one window (encoder + horizon)")
     frame[WEIGHT] = excursion_weights(frame, config, options.excursion_weight)
-    cutoff = int(frame[TIME].max() - options.validation_days * 288)
+    cutoff = int(frame[TIME].max() - options.validation_days * DAY_STEPS)
     train_frame = with_unknown_copies(
         frame[frame[TIME] <= cutoff], config.mask_fraction, options.seed
     )
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--targets: not in the data contract: {unknown}")
     config = TFTConfig(
         targets=targets,
+        encoder_length=contract.grid.context_steps,
+        horizon=contract.grid.horizon_steps,
         hidden_size=args.hidden_size,
         normalisation=args.normalisation,
         transformations={k: v for k, v in TFTConfig().transformations.items() if k in targets},

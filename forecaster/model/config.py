@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from forecaster.features import CALENDAR
+from forecaster.grid import CONTEXT_STEPS, HORIZON_STEPS
 
 DEFAULT_TARGETS = (
     "cpu_utilisation",
@@ -38,9 +39,9 @@ class TFTConfig:
     targets: tuple[str, ...] = DEFAULT_TARGETS
     covariates: tuple[str, ...] = DEFAULT_COVARIATES
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
-    encoder_length: int = 288
+    encoder_length: int = CONTEXT_STEPS  # the model's own shape; the grid's by default
     min_encoder_length: int = 36
-    horizon: int = 96
+    horizon: int = HORIZON_STEPS
     hidden_size: int = 16
     attention_heads: int = 2
     hidden_continuous_size: int = 8

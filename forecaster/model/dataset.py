@@ -11,7 +11,8 @@ import pandas as pd
 from pytorch_forecasting import TimeSeriesDataSet
 from pytorch_forecasting.data import EncoderNormalizer, MultiNormalizer, NaNLabelEncoder
 
-from forecaster.features import STEP_SECONDS, UNKNOWN, calendar, host_id, profile_of
+from forecaster.features import UNKNOWN, calendar, host_id, profile_of
+from forecaster.grid import STEP_SECONDS
 from forecaster.model.config import LOG_FLOOR, TFTConfig
 from forecaster.model.normalizers import LastValueNormalizer
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from forecaster.features import STEP_SECONDS, UNKNOWN, calendar
+from forecaster.features import UNKNOWN, calendar
+from forecaster.grid import STEP_SECONDS
 from forecaster.model.dataset import model_input
 from forecaster.model.tft import ModelBundle
 

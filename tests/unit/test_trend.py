@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from forecaster.config import DEFAULT_EARLY_WARNING, Config, parse_duration
-from forecaster.heuristic import SEASON_STEPS
+from forecaster.grid import SEASON_STEPS
 from forecaster.risk import breach_outlook
 from forecaster.trend import (
     MIN_SD,
