@@ -35,28 +35,17 @@ class LoadedModel:
     device: str
 
 
-def resolve_device(requested: str) -> str:
-    """`auto` -> cuda when torch sees a GPU, else cpu."""
-    if requested != "auto":
-        return requested
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_version(
     registry: Registry, version: str, contract_version: str, settings: ModelSettings
 ) -> LoadedModel:
     """Verify `version` (hashes, contract, artefact schemas) and build its predictor;
     RegistryError if refused."""
     registry.checked(version, contract_version)
-    import torch
-
     from forecaster.model.fast import FastPredictor
+    from forecaster.model.runtime import resolve_device, set_threads
     from forecaster.model.tft import load_bundle
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    set_threads(settings.threads)
     device = resolve_device(settings.device)
     try:
         bundle = load_bundle(registry.path(version), device=device)
