@@ -17,11 +17,12 @@ DAEMON_PATTERN := ^/usr/bin/prometheus
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test install apt lint clean model dashboards rules evaluation bench
+.PHONY: help demo test install apt lint clean model dashboards rules evaluation bench faults
 
 help:
 	@echo "make demo     install what is missing, then start the demo stack (python -m stack demo)"
 	@echo "make test     install what is missing, then run every test"
+	@echo "make faults   the fault catalogue as one stage (pytest -m fault), ending with its count"
 	@echo "make install  Debian packages + virtual environment $(VENV) with the project"
 	@echo "make apt      only the Debian packages: $(APT_PACKAGES)"
 	@echo "make lint     ruff check, ruff format --check, lint-imports, mypy"
@@ -44,6 +45,12 @@ demo: install
 
 test: install
 	$(VENV_PY) -m pytest
+
+# The fault catalogue (docs/RELIABILITY.md) as one stage: the page is checked against the tests'
+# `fault` markers, then every tagged test runs; the last line counts scenarios and tests.
+faults: install
+	$(VENV_PY) -m tools.reliability --check
+	$(VENV_PY) -m pytest -m fault -p no:cacheprovider
 
 install: apt $(STAMP)
 

@@ -369,6 +369,7 @@ def _rendered_forecast(text: str) -> dict[str, float | str]:
 
 
 @pytest.mark.timeout(TEST_TIMEOUT_S)
+@pytest.mark.fault("I3")
 def test_forecast_alert_reaches_slack_and_pagerduty_with_forecast_band_and_time_to_breach(
     pipeline: Pipeline, incident: Incident
 ) -> None:
@@ -438,6 +439,7 @@ def _incident_status(stack: StackInfo) -> str | None:
 
 
 @pytest.mark.timeout(TEST_TIMEOUT_S)
+@pytest.mark.fault("I3")
 def test_resolved_notifications_arrive_once_the_incident_is_over(
     pipeline: Pipeline, incident: Incident
 ) -> None:

@@ -70,6 +70,7 @@ def fresh_snapshot():
     return replace(snapshot, instances=MappingProxyType(instances), generated_at=now)
 
 
+@pytest.mark.fault("A1", "G1", "G2")
 def test_restart_serves_the_persisted_snapshot_and_sigterm_exits_0(tmp_path: Path):
     save_snapshot(fresh_snapshot(), tmp_path)
     port = pick_free_ports(1)[0]
@@ -88,6 +89,7 @@ def test_restart_serves_the_persisted_snapshot_and_sigterm_exits_0(tmp_path: Pat
     assert not list(tmp_path.glob(".snapshot.npz.tmp-*"))
 
 
+@pytest.mark.fault("G4")
 def test_second_forecaster_on_the_same_state_dir_is_refused(tmp_path: Path):
     first = start(tmp_path, pick_free_ports(1)[0])
     try:

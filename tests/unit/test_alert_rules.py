@@ -135,6 +135,7 @@ def expected_numbers() -> dict[str, set[float]]:
     return expected
 
 
+@pytest.mark.fault("I4")
 def test_numbers_in_alert_expressions_match_the_configuration() -> None:
     expected = expected_numbers()
     found = {rule_id(r): literal_numbers(r["expr"]) for r in alert_rules()}
@@ -278,6 +279,7 @@ def test_alerts_sharing_a_name_differ_in_severity() -> None:
 # --- promtool test coverage ---------------------------------------------------------------------
 
 
+@pytest.mark.fault("I1")
 def test_every_alert_and_severity_has_a_firing_promtool_case() -> None:
     fired = {
         (case["alertname"], alert["exp_labels"]["severity"])
@@ -288,6 +290,7 @@ def test_every_alert_and_severity_has_a_firing_promtool_case() -> None:
     assert not missing, f"no firing promtool case for {sorted(missing)}"
 
 
+@pytest.mark.fault("I1")
 def test_every_alert_with_for_has_a_not_firing_promtool_case() -> None:
     quiet = {case["alertname"] for case in alert_tests() if not case.get("exp_alerts")}
     missing = {r["alert"] for r in alert_rules() if "for" in r} - quiet
@@ -342,6 +345,7 @@ def test_receiver_names_are_the_documented_stable_ones() -> None:
     assert all(name in header for name in RECEIVERS)
 
 
+@pytest.mark.fault("H4")
 def test_receivers_read_credentials_from_documented_files() -> None:
     config = am_config()
     assert not {"slack_api_url", "pagerduty_url"} & set(config.get("global", {}))
@@ -470,6 +474,7 @@ FORECASTER = {"instance": "forecaster:9465", "job": "forecaster"}
         (alert("ForecasterDown", "critical", job="forecaster"), alert("Watchdog", "none"), False),
     ],
 )
+@pytest.mark.fault("I2")
 def test_inhibit_rules_mute_only_the_lesser_alert_of_the_same_instance_and_quantity(
     source: dict[str, str], target: dict[str, str], muted: bool
 ) -> None:
@@ -490,6 +495,7 @@ def route_cases() -> list[dict[str, Any]]:
     return load_yaml(ROUTE_CASES)["cases"]
 
 
+@pytest.mark.fault("I2")
 def test_route_cases_cover_every_receiver() -> None:
     covered = {r for case in route_cases() for r in case["receivers"]}
     assert covered == RECEIVERS
@@ -497,12 +503,14 @@ def test_route_cases_cover_every_receiver() -> None:
 
 @pytest.mark.prometheus
 @pytest.mark.parametrize("case", route_cases(), ids=lambda c: c["name"])
+@pytest.mark.fault("I2")
 def test_alertmanager_route_case(case: dict[str, Any]) -> None:
     amtool_routes(case["labels"], ",".join(case["receivers"]))
 
 
 @pytest.mark.prometheus
 @pytest.mark.parametrize("rule", alert_rules(), ids=rule_id)
+@pytest.mark.fault("I2")
 def test_alert_reaches_the_receivers_of_its_severity(rule: dict[str, Any]) -> None:
     severity = rule["labels"]["severity"]
     expected = "watchdog" if rule["alert"] == "Watchdog" else RECEIVERS_BY_SEVERITY[severity]

@@ -74,6 +74,7 @@ def test_complete_series_is_observed_everywhere_and_counts_nothing():
     assert result.end == END
 
 
+@pytest.mark.fault("B1")
 def test_nan_and_infinities_become_masked_gaps_and_are_counted():
     cpu = ramp()
     cpu[5], cpu[9], cpu[13] = np.nan, np.inf, -np.inf
@@ -84,6 +85,7 @@ def test_nan_and_infinities_become_masked_gaps_and_are_counted():
     assert np.isfinite(result.values).all()
 
 
+@pytest.mark.fault("B1")
 def test_target_missing_over_the_ratio_skips_only_that_instance():
     sparse = ramp()
     for step in range(0, STEPS, 4):  # 6 of 24 missing: 25 % > 20 %
@@ -99,6 +101,7 @@ def test_target_missing_over_the_ratio_skips_only_that_instance():
     assert result.instances == ("good",) and result.observed.all()
 
 
+@pytest.mark.fault("B2")
 def test_out_of_domain_values_are_clipped_to_the_domain_and_counted():
     cpu = ramp()
     cpu[0], cpu[1] = -0.2, 1.7
@@ -112,6 +115,7 @@ def test_out_of_domain_values_are_clipped_to_the_domain_and_counted():
 
 
 @pytest.mark.parametrize("gap", [1, 3])
+@pytest.mark.fault("B3")
 def test_short_gap_is_interpolated_linearly_and_marked_unobserved(gap):
     cpu = [float(step) / 100 for step in range(STEPS)]
     holed = cpu[:10] + [np.nan] * gap + cpu[10 + gap :]
@@ -121,6 +125,7 @@ def test_short_gap_is_interpolated_linearly_and_marked_unobserved(gap):
     assert result.counts["gap_filled"] == gap and "long_gap" not in result.counts
 
 
+@pytest.mark.fault("B3")
 def test_long_gap_carries_the_last_observation_forward_unobserved():
     config = CleanConfig(context_steps=48, min_steps=6)
     stamps = pd.date_range(end=END, periods=48, freq="300s")
@@ -159,6 +164,7 @@ def test_instance_silent_for_longer_than_the_window_is_skipped_without_data():
     assert result.skipped == {"gone": "no_data"} and result.instances == ("here",)
 
 
+@pytest.mark.fault("B3")
 def test_new_instance_has_short_history_and_zeros_before_its_first_step():
     result = run(series("new", cpu_utilisation=ramp(4), memory_utilisation=ramp(4)))
     assert list(result.lengths) == [4] and result.counts["short"] == 1
@@ -194,6 +200,7 @@ def test_absent_quantity_is_zero_and_unobserved_never_invented():
     assert result.counts["absent"] == 2
 
 
+@pytest.mark.fault("B5")
 def test_constant_and_all_zero_series_are_kept_finite_and_counted():
     frame = pd.concat(
         [
@@ -207,6 +214,7 @@ def test_constant_and_all_zero_series_are_kept_finite_and_counted():
     assert (result.values[1] == 0.0).all() and result.observed.all()
 
 
+@pytest.mark.fault("B5")
 def test_huge_and_subnormal_values_stay_finite():
     disk = [1e308, 1e19, 5e-324, -1e308] + [1e3] * (STEPS - 4)
     free = [-1e308, 1e308, np.nan, 5e-324] + [1.0] * (STEPS - 4)
@@ -227,6 +235,7 @@ def test_huge_and_subnormal_values_stay_finite():
     assert result.counts["out_of_domain"] == 5
 
 
+@pytest.mark.fault("C6")
 def test_unknown_columns_are_ignored_and_counted():
     frame = series("a", cpu_utilisation=ramp(), memory_utilisation=ramp(), vibes=ramp())
     frame["profile"], frame["state"] = "database", "healthy"
@@ -254,6 +263,7 @@ def assert_same_arrays(left: Cleaned, right: Cleaned) -> None:
     np.testing.assert_array_equal(left.lengths, right.lengths)
 
 
+@pytest.mark.fault("B4")
 def test_shuffled_and_duplicated_rows_give_the_arrays_of_the_clean_input():
     frame = two_hosts()
     expected = run(frame)
@@ -267,6 +277,7 @@ def test_shuffled_and_duplicated_rows_give_the_arrays_of_the_clean_input():
     }
 
 
+@pytest.mark.fault("B4")
 def test_later_of_two_rows_for_one_step_wins():
     frame = series("a", cpu_utilisation=ramp(), memory_utilisation=ramp())
     late = frame.iloc[[-1]].assign(cpu_utilisation=0.99)
@@ -330,6 +341,7 @@ def test_frame_without_key_columns_is_refused_naming_them():
         forecaster.source,
     ],
 )
+@pytest.mark.fault("B3")
 def test_library_validates_without_assert_so_python_O_changes_nothing(module):
     tree = ast.parse(Path(module.__file__).read_text())
     assert not [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
@@ -365,6 +377,7 @@ def messy_frame(rows: list[tuple]) -> pd.DataFrame:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(ROW, max_size=60))
+@pytest.mark.fault("B3", "B5")
 def test_cleaner_never_raises_and_returns_finite_consistent_arrays(rows):
     result = clean(messy_frame(rows), PROPERTY_QUANTITIES, END, CONFIG)
     count = len(result.instances)
@@ -382,6 +395,7 @@ def test_cleaner_never_raises_and_returns_finite_consistent_arrays(rows):
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(ROW, max_size=60), st.randoms(use_true_random=False))
+@pytest.mark.fault("B4")
 def test_cleaner_result_does_not_depend_on_row_order_or_repeated_rows(rows, rnd):
     frame = messy_frame(rows).drop_duplicates(["instance", "timestamp"])
     repeated = pd.concat([frame, frame.iloc[::2]])

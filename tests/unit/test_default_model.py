@@ -102,6 +102,7 @@ def _forecast_nql(bundle, frame, nodes):
     return {n: np.mean(v, axis=0) for n, v in losses.items()}, forecast
 
 
+@pytest.mark.fault("C6")
 def test_an_unseen_host_is_forecast_as_well_as_the_seen_hosts_of_its_profile(
     shipped, unseen_window
 ):

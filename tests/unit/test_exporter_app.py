@@ -88,6 +88,7 @@ def client():
 # --- /metrics and probes -----------------------------------------------------------------------
 
 
+@pytest.mark.fault("A3")
 def test_metrics_serves_the_body_rendered_at_publish():
     hub, app = make()
     with TestClient(app) as c:
@@ -124,6 +125,7 @@ def test_accept_encoding_is_parsed_with_quality_values(header, expected):
     assert accepts_gzip(header) is expected
 
 
+@pytest.mark.fault("A1")
 def test_ready_only_after_a_first_publish():
     hub, app = make(publish=False)
     with TestClient(app) as c:
@@ -222,6 +224,7 @@ def test_predictions_current_turns_non_finite_values_into_null():
         assert c.get("/predict/ppweb001").json()["predictions"]["cpu_utilisation"]["p90"][0] is None
 
 
+@pytest.mark.fault("A2")
 def test_stale_instances_are_left_out_of_rest_answers():
     clock = Clock()
     old = dataclasses.replace(fixed_snapshot().instances["ppdb001"], made_at=NOW - 2 * STALE_AFTER)
@@ -294,6 +297,7 @@ def test_predict_unknown_server_is_a_json_404(client):
 
 
 @pytest.mark.parametrize("name", ['a"b', "x" * 129, "a b", "a{b}", "%00"])
+@pytest.mark.fault("B7")
 def test_predict_refuses_server_names_outside_the_allow_list(client, name):
     response = client.get(f"/predict/{name}")
     assert response.status_code == 400
@@ -363,6 +367,7 @@ def test_feed_data_refuses_malformed_bodies_with_400(client, raw):
     assert set(response.json()) == {"error", "reason"}
 
 
+@pytest.mark.fault("H5")
 def test_feed_data_refuses_a_body_declared_over_the_cap_with_413():
     _, app = make(ingest=Feed(), max_body_bytes=1000)
     with TestClient(app) as c:
@@ -371,6 +376,7 @@ def test_feed_data_refuses_a_body_declared_over_the_cap_with_413():
     assert response.json()["error"] == "payload_too_large"
 
 
+@pytest.mark.fault("H5")
 def test_feed_data_refuses_a_streamed_body_over_the_cap_with_413():
     _, app = make(ingest=Feed(), max_body_bytes=1000)
 
@@ -473,6 +479,7 @@ def _mutating_routes(app):
         ({"Authorization": f"Bearer {TOKEN}x"}, 403),
     ],
 )
+@pytest.mark.fault("H2")
 def test_mutating_routes_refuse_missing_or_wrong_tokens(client, headers, status):
     routes = list(_mutating_routes(client.app))
     assert routes
@@ -484,12 +491,14 @@ def test_mutating_routes_refuse_missing_or_wrong_tokens(client, headers, status)
             assert response.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.fault("H2")
 def test_mutating_routes_accept_the_right_token(client):
     for method, path in _mutating_routes(client.app):
         response = client.request(method, path, headers=AUTH, json=[])
         assert response.status_code == 200, (method, path)
 
 
+@pytest.mark.fault("H2")
 def test_every_mutating_route_is_covered_by_the_auth_dependency():
     _, app = make(ingest=Feed(), reload=lambda: None, token=TOKEN)
     guarded = app.state.require_token
@@ -503,6 +512,7 @@ def test_every_mutating_route_is_covered_by_the_auth_dependency():
     assert unguarded_mutating_routes(app, guarded) == []
 
 
+@pytest.mark.fault("H2")
 def test_route_table_check_catches_a_new_unguarded_route():
     _, app = make(token=TOKEN)
 
@@ -517,6 +527,7 @@ def test_route_table_check_catches_a_new_unguarded_route():
     assert unguarded_mutating_routes(app, app.state.require_token) == ["DELETE /oops"]
 
 
+@pytest.mark.fault("H2")
 def test_without_a_token_mutating_routes_are_open():
     _, app = make(ingest=Feed())
     with TestClient(app) as c:
@@ -526,6 +537,7 @@ def test_without_a_token_mutating_routes_are_open():
 # --- errors and OpenAPI ----------------------------------------------------------------------
 
 
+@pytest.mark.fault("H8")
 def test_error_bodies_are_json_without_tracebacks_or_paths():
     def broken(records: list) -> tuple[int, list]:
         raise RuntimeError("boom in /work/main/forecaster/secret.py Traceback")
@@ -548,6 +560,7 @@ def test_error_bodies_are_json_without_tracebacks_or_paths():
         assert "RuntimeError" not in response.text
 
 
+@pytest.mark.fault("H8")
 def test_an_unexpected_error_is_logged_once_with_its_traceback_and_answered_500(caplog):
     def broken(records: list) -> tuple[int, list]:
         raise RuntimeError("boom")
@@ -602,6 +615,7 @@ def test_hub_publish_from_a_worker_thread_swaps_whole_states():
     assert hub.current.state.cycles_total == 20
 
 
+@pytest.mark.fault("A2")
 def test_hub_rerender_withdraws_forecasts_that_went_stale():
     clock = Clock()
     hub = Hub(stale_after=STALE_AFTER, clock=clock)
@@ -648,6 +662,7 @@ def test_websocket_sends_the_latest_cycle_on_connect_and_each_new_one():
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.fault("H7")
 def test_websocket_refuses_a_foreign_origin():
     _, app = make(allowed_origins=["https://grafana.example.org/"])
     with TestClient(app) as c:
@@ -663,6 +678,7 @@ def test_websocket_refuses_a_foreign_origin():
                 assert ws.receive_json()["type"] == "predictions"
 
 
+@pytest.mark.fault("H7")
 def test_origin_rules():
     allowed = {"https://grafana.example.org"}
     assert origin_allowed(None, "h:1", allowed)
@@ -674,6 +690,7 @@ def test_origin_rules():
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.fault("F3")
 def test_websocket_beyond_the_client_limit_is_closed_with_1013():
     _, app = make(ws_max_clients=1)
     with TestClient(app) as c, c.websocket_connect("/ws") as first:
@@ -684,6 +701,7 @@ def test_websocket_beyond_the_client_limit_is_closed_with_1013():
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.fault("H5")
 def test_websocket_inbound_message_over_64_kb_closes_with_1009():
     _, app = make(publish=False)
     with TestClient(app) as c, c.websocket_connect("/ws") as ws:
@@ -693,6 +711,7 @@ def test_websocket_inbound_message_over_64_kb_closes_with_1009():
     assert closed.value.code == 1009
 
 
+@pytest.mark.fault("F3")
 def test_broadcast_drops_a_full_client_and_keeps_the_others():
     broadcaster = Broadcaster(max_clients=10, queue_size=2)
     stalled, reader = broadcaster.register(), broadcaster.register()
@@ -739,6 +758,7 @@ class FakeSocket:
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.fault("F3")
 def test_a_websocket_client_that_never_reads_is_dropped_while_another_keeps_receiving():
     async def scenario() -> tuple[FakeSocket, FakeSocket, Broadcaster]:
         broadcaster = Broadcaster(max_clients=10, queue_size=2)
@@ -771,6 +791,7 @@ def test_published_message_skips_stale_instances():
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.fault("E5")
 def test_websocket_clients_are_released_after_they_disconnect():
     _, app = make(ws_max_clients=2)
     with TestClient(app) as c:
@@ -781,6 +802,7 @@ def test_websocket_clients_are_released_after_they_disconnect():
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.fault("G1")
 def test_close_all_closes_every_client_with_1001():
     async def scenario() -> FakeSocket:
         broadcaster = Broadcaster(max_clients=10, queue_size=2)

@@ -88,6 +88,7 @@ def test_golden_exposition_passes_promtool_check_metrics():
 
 
 @pytest.mark.prometheus
+@pytest.mark.fault("B6")
 def test_hostile_label_values_pass_promtool_check_metrics():
     snapshot = _with_instances(*(_rename(ppweb001(), name) for name in HOSTILE))
     assert _promtool_problems(render(snapshot, fixed_state(), now=NOW, stale_after=1800)) == []
@@ -119,6 +120,7 @@ def test_exposition_parses_back_with_the_snapshot_values():
     assert {s.labels["instance"] for s in latency.samples} == {"ppdb001", "ppweb001"}
 
 
+@pytest.mark.fault("A3")
 def test_every_family_says_it_is_computed_once_per_cycle():
     for family in _families(
         render(fixed_snapshot(), fixed_state(), now=NOW, stale_after=1800)
@@ -126,6 +128,7 @@ def test_every_family_says_it_is_computed_once_per_cycle():
         assert CYCLE_NOTE in family.documentation, family.name
 
 
+@pytest.mark.fault("E3")
 def test_no_sample_carries_a_timestamp():
     text = render(fixed_snapshot(), fixed_state(), now=NOW, stale_after=STALE_AFTER)
     for family in _families(text).values():
@@ -136,6 +139,7 @@ def test_no_sample_carries_a_timestamp():
             assert len(rest.split()) == 1, line  # a value and nothing after it
 
 
+@pytest.mark.fault("A2")
 def test_collector_withdraws_stale_forecasts():
     later = MADE_AT + STALE_AFTER + 1
     registry = _registry(fixed_snapshot(), now=later)
@@ -164,6 +168,7 @@ def test_forecasts_just_inside_stale_after_are_still_served():
     assert registry.get_sample_value("forecaster_risk_score", {"instance": "ppdb001"}) == 80.0
 
 
+@pytest.mark.fault("B8")
 def test_collector_drops_series_of_vanished_instance():
     registry = _registry(_with_instances(ppweb001()))
     assert registry.get_sample_value("forecaster_risk_score", {"instance": "ppweb001"}) == 8.0
@@ -173,6 +178,7 @@ def test_collector_drops_series_of_vanished_instance():
     assert registry.get_sample_value("forecaster_instance_info", info) is None
 
 
+@pytest.mark.fault("B6")
 def test_label_values_with_quotes_backslashes_newlines_round_trip():
     snapshot = _with_instances(*(_rename(ppweb001(), name) for name in HOSTILE))
     families = _families(render(snapshot, fixed_state(), now=NOW, stale_after=STALE_AFTER))
@@ -183,12 +189,14 @@ def test_label_values_with_quotes_backslashes_newlines_round_trip():
         assert registry.get_sample_value("forecaster_risk_score", {"instance": name}) == 8.0
 
 
+@pytest.mark.fault("B6")
 def test_lone_surrogate_in_a_label_value_does_not_break_rendering():
     snapshot = _with_instances(_rename(ppweb001(), "bad\ud800host"))
     families = _families(render(snapshot, fixed_state(), now=NOW, stale_after=STALE_AFTER))
     assert [s.labels["instance"] for s in families["forecaster_risk_score"].samples] == ["bad?host"]
 
 
+@pytest.mark.fault("C7")
 def test_non_finite_forecast_values_are_not_exported():
     web = ppweb001()
     cpu = web.forecasts["cpu_utilisation"]
@@ -261,6 +269,7 @@ def test_self_metrics_follow_the_service_state():
     assert registry.get_sample_value("forecaster_accuracy_samples", nql) == 1200.0
 
 
+@pytest.mark.fault("C1")
 def test_service_without_model_or_success_omits_model_info_and_last_success():
     state = ServiceState(model_load_failures={"corrupt": 1})
     text = render(fixed_snapshot(), state, now=NOW, stale_after=STALE_AFTER).decode()

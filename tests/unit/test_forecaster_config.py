@@ -10,6 +10,7 @@ from forecaster.__main__ import main
 from forecaster.config import ConfigError, load_config, parse_duration, read_secret
 
 
+@pytest.mark.fault("H1")
 def test_defaults_listen_on_loopback_with_the_contract_targets():
     config = load_config([], {})
     assert config.web.listen_address.startswith("127.0.0.1:")
@@ -54,12 +55,14 @@ def test_device_and_shard_flags():
         (["--web.listen-address", "nowhere"], "web"),
     ],
 )
+@pytest.mark.fault("G3")
 def test_invalid_settings_name_their_key(argv, key):
     with pytest.raises(ConfigError) as error:
         load_config(argv, {})
     assert error.value.key.startswith(key)
 
 
+@pytest.mark.fault("G3")
 def test_unknown_yaml_key_is_refused(tmp_path: Path):
     path = tmp_path / "f.yml"
     path.write_text("cycle:\n  intervall: 1m\n")
@@ -113,6 +116,7 @@ def test_durations_parse_like_prometheus():
         parse_duration("1.5h")
 
 
+@pytest.mark.fault("H4")
 def test_secret_files_are_read_and_stripped(tmp_path: Path):
     path = tmp_path / "token"
     path.write_text("s3cret\n")
@@ -122,11 +126,13 @@ def test_secret_files_are_read_and_stripped(tmp_path: Path):
         read_secret(tmp_path / "empty")
 
 
+@pytest.mark.fault("G3")
 def test_main_exits_2_naming_the_key_on_invalid_config(capsys):
     assert main(["--cycle.interval", "never"], {}) == 2
     assert "cycle.interval" in capsys.readouterr().err
 
 
+@pytest.mark.fault("H1", "H2")
 def test_main_refuses_a_non_loopback_listener_without_a_token(capsys):
     assert main(["--web.listen-address", "0.0.0.0:9465"], {}) == 2
     assert "without a token" in capsys.readouterr().err

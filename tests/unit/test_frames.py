@@ -56,6 +56,7 @@ def matrix(*series: tuple[dict, list]) -> dict:
 # --- from_query_range ---------------------------------------------------------------------------
 
 
+@pytest.mark.fault("B1")
 def test_query_range_parses_nan_and_infinities_as_floats():
     frame = from_query_range(RECORDED, "cpu_utilisation").frame
     db = frame[frame["instance"] == "ppdb001"]["cpu_utilisation"].to_numpy()
@@ -91,6 +92,7 @@ def test_query_range_keeps_the_series_with_more_points_for_a_duplicate_instance(
     assert list(frame["q"]) == [2.0, 3.0]
 
 
+@pytest.mark.fault("B6")
 def test_query_range_drops_instance_longer_than_the_label_limit():
     result = from_query_range(matrix(({"instance": "x" * 257}, [[T0, "1"]])), "q")
     assert result.dropped == Counter({"bad_instance": 1})
@@ -362,6 +364,7 @@ GOOD = {"server_name": "ppdb001", "timestamp": T0, "cpu_pct": 50}
         ({"server_name": "a", "timestamp": T0, "load1": 1, "cpu_pct": None}, "no_quantity"),
     ],
 )
+@pytest.mark.fault("B7")
 def test_from_records_reports_an_invalid_record_and_keeps_the_valid_ones(record, reason):
     frame, errors = from_records([GOOD, record, GOOD | {"server_name": "b"}], QUANTITIES)
     assert errors == [RecordError(1, reason)]
@@ -516,6 +519,7 @@ def test_regrid_snaps_each_sample_up_to_the_step_it_ends():
     assert list(out["q"]) == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.fault("B4")
 def test_regrid_keeps_the_latest_sample_of_a_step_whatever_the_row_order():
     frame = pd.DataFrame(
         {
@@ -562,6 +566,7 @@ def test_regrid_drops_rows_without_instance_or_timestamp():
     ),
     st.randoms(use_true_random=False),
 )
+@pytest.mark.fault("B4")
 def test_regrid_output_is_unique_sorted_on_grid_and_independent_of_row_order(rows, rnd):
     frame = pd.DataFrame(rows, columns=["instance", "seconds", "q"]).drop_duplicates(
         ["instance", "seconds"]

@@ -118,6 +118,7 @@ MODEL_CONFIG_DEFECTS = [
 
 
 @pytest.mark.parametrize(("keys", "value", "message"), MODEL_CONFIG_DEFECTS)
+@pytest.mark.fault("C4")
 def test_a_defective_model_config_is_refused_naming_file_field_and_problem(
     registry, keys, value, message
 ):
@@ -141,6 +142,7 @@ DATASET_DEFECTS = [
 
 
 @pytest.mark.parametrize(("keys", "value", "message"), DATASET_DEFECTS)
+@pytest.mark.fault("C4")
 def test_defective_dataset_parameters_are_refused(registry, keys, value, message):
     edit(registry, "default-v4", "dataset_parameters.json", put(*keys, value=value))
     reason = refusal(registry)
@@ -152,6 +154,7 @@ def test_scalers_missing_for_a_model_input_are_refused(registry):
     assert refusal(registry) == "dataset_parameters.json: scalers: no scaler for load1"
 
 
+@pytest.mark.fault("C4")
 def test_consistent_json_with_weights_of_another_shape_is_refused(registry):
     """Both JSON files agree on hidden_size 32; the weights were trained with 16."""
 
@@ -175,6 +178,7 @@ def test_consistent_json_with_weights_of_another_shape_is_refused(registry):
         (lambda raw: raw.replace(b'"F32"', b'"XYZ"', 1), "dtype"),
     ],
 )
+@pytest.mark.fault("C2")
 def test_a_damaged_weights_header_is_refused(registry, damage, message):
     path = registry.path("default-v4") / "model.safetensors"
     path.write_bytes(damage(path.read_bytes()))
@@ -219,6 +223,7 @@ def test_a_calibration_shorter_than_the_horizon_is_refused(registry):
     )
 
 
+@pytest.mark.fault("C2")
 def test_json_nested_beyond_the_parser_is_refused_not_a_crash(registry):
     path = registry.path("default-v4") / "backtest.json"
     path.write_text('{"curves": ' + "[" * 100_000 + "]" * 100_000 + "}")
@@ -300,6 +305,7 @@ def point(registry: Registry, version: str, previous: str | None) -> None:
     (registry.root / POINTER).write_text(json.dumps({"version": version, "previous": previous}))
 
 
+@pytest.mark.fault("C2")
 def test_a_start_on_a_refused_version_serves_the_previous_one(registry, caplog):
     loader = FakeLoader({"default-v4"})
     holder = ModelHolder(settings(registry), CONTRACT, loader=loader)
@@ -316,6 +322,7 @@ def test_a_start_on_a_refused_version_serves_the_previous_one(registry, caplog):
     assert any("default-v3 loaded" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.fault("C1")
 def test_when_the_previous_version_is_refused_too_the_heuristic_serves(registry, caplog):
     loader = FakeLoader({"default-v4", "default-v3"})
     holder = ModelHolder(settings(registry), CONTRACT, loader=loader)
@@ -330,6 +337,7 @@ def test_when_the_previous_version_is_refused_too_the_heuristic_serves(registry,
     ]
 
 
+@pytest.mark.fault("C2")
 def test_a_refused_promotion_while_serving_keeps_the_serving_model(registry):
     loader = FakeLoader({"default-v5"})
     holder = ModelHolder(settings(registry), CONTRACT, loader=loader)
@@ -343,6 +351,7 @@ def test_a_refused_promotion_while_serving_keeps_the_serving_model(registry):
 
 
 @pytest.mark.torch
+@pytest.mark.fault("C4")
 def test_the_real_loader_refuses_a_bad_version_before_building_and_falls_back(registry, caplog):
     pytest.importorskip("torch")
     edit(registry, "default-v4", "model_config.json", put("config", "horizon", value="ninety-six"))

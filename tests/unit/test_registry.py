@@ -37,6 +37,7 @@ def test_committed_version_verifies_and_lists_every_file_hash(tmp_path):
     assert registry.versions() == ["v1"]
 
 
+@pytest.mark.fault("C3")
 def test_a_changed_file_is_refused_with_reason_checksum(tmp_path):
     registry = Registry(tmp_path, check_artefacts=False)
     path = _version(registry, "v1")
@@ -54,6 +55,7 @@ def test_a_missing_file_is_refused(tmp_path):
     assert error.value.reason == "missing"
 
 
+@pytest.mark.fault("C4")
 def test_a_wrong_contract_version_is_refused_naming_both(tmp_path):
     registry = Registry(tmp_path, check_artefacts=False)
     _version(registry, "v1", contract="0.9.0")
@@ -62,6 +64,7 @@ def test_a_wrong_contract_version_is_refused_naming_both(tmp_path):
     assert error.value.reason == "contract"
 
 
+@pytest.mark.fault("C5")
 def test_a_manifest_naming_a_pickle_is_refused(tmp_path):
     registry = Registry(tmp_path, check_artefacts=False)
     path = _version(registry, "v1")
@@ -74,12 +77,14 @@ def test_a_manifest_naming_a_pickle_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", ".tmp-x", "UPPER", "", "x" * 65])
+@pytest.mark.fault("H6")
 def test_version_names_cannot_escape_the_registry(tmp_path, name):
     with pytest.raises(RegistryError) as error:
         Registry(tmp_path, check_artefacts=False).path(name)
     assert error.value.reason == "invalid_name"
 
 
+@pytest.mark.fault("D6")
 def test_promotion_swaps_the_pointer_and_rollback_swaps_it_back(tmp_path):
     registry = Registry(tmp_path, check_artefacts=False)
     for name in ("v1", "v2"):
@@ -92,6 +97,7 @@ def test_promotion_swaps_the_pointer_and_rollback_swaps_it_back(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
+@pytest.mark.fault("C3")
 def test_a_version_that_fails_verification_is_never_promoted(tmp_path):
     registry = Registry(tmp_path, check_artefacts=False)
     _version(registry, "v1")
@@ -103,6 +109,7 @@ def test_a_version_that_fails_verification_is_never_promoted(tmp_path):
     assert registry.current() == "v1"
 
 
+@pytest.mark.fault("D6")
 def test_garbage_collection_keeps_three_and_never_current_or_previous(tmp_path):
     registry = Registry(tmp_path, check_artefacts=False)
     for name in ("v1", "v2", "v3", "v4", "v5"):
@@ -115,6 +122,7 @@ def test_garbage_collection_keeps_three_and_never_current_or_previous(tmp_path):
     assert registry.versions() == ["v2", "v3", "v4", "v5"][-4:]
 
 
+@pytest.mark.fault("D2", "E1")
 def test_a_failed_write_leaves_no_version_behind(tmp_path):
     registry = Registry(tmp_path, check_artefacts=False)
     with pytest.raises(OSError), registry.staging("v1") as staged:
@@ -136,6 +144,7 @@ with registry.staging("v2") as staged:
 """
 
 
+@pytest.mark.fault("D1")
 def test_sigkill_while_writing_leaves_the_pointer_and_no_final_version(tmp_path):
     registry = Registry(tmp_path, check_artefacts=False)
     _version(registry, "v1")
@@ -159,6 +168,7 @@ def test_version_names_sort_by_time_and_are_valid(tmp_path):
     assert Registry(tmp_path, check_artefacts=False).path(later) == tmp_path / later
 
 
+@pytest.mark.fault("H6")
 def test_amending_a_version_rehashes_its_manifest(tmp_path):
     registry = Registry(tmp_path, check_artefacts=False)
     _version(registry, "v1")

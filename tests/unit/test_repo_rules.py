@@ -72,6 +72,7 @@ def repo_files() -> list[str]:
 # --- lint, format, import contracts, types ------------------------------------------------------
 
 
+@pytest.mark.fault("H9")
 def test_ruff_check_passes() -> None:
     assert_ok(run([venv_tool("ruff"), "check", "--no-cache", "."]))
 
@@ -127,6 +128,7 @@ def test_promtool_check_config_passes() -> None:
 
 
 @pytest.mark.prometheus
+@pytest.mark.fault("I1")
 def test_promtool_check_rules_passes_on_every_rule_file() -> None:
     promtool = system_tool("promtool", "prometheus")
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "prometheus" / "rules").glob("*.y*ml"))
@@ -135,6 +137,7 @@ def test_promtool_check_rules_passes_on_every_rule_file() -> None:
 
 
 @pytest.mark.prometheus
+@pytest.mark.fault("I1", "I4")
 def test_promtool_rule_unit_tests_pass() -> None:
     promtool = system_tool("promtool", "prometheus")
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "prometheus" / "tests").glob("*.y*ml"))
@@ -144,6 +147,7 @@ def test_promtool_rule_unit_tests_pass() -> None:
 
 
 @pytest.mark.prometheus
+@pytest.mark.fault("I2")
 def test_amtool_check_config_passes() -> None:
     amtool = system_tool("amtool", "prometheus-alertmanager")
     assert_ok(run([amtool, "check-config", "alertmanager/alertmanager.yml"]))
@@ -164,12 +168,14 @@ def test_amtool_check_config_passes() -> None:
         ),
     ],
 )
+@pytest.mark.fault("I2")
 def test_alertmanager_routes_alert_to_expected_receiver(labels: list[str], receiver: str) -> None:
     amtool = system_tool("amtool", "prometheus-alertmanager")
     cmd = [amtool, "config", "routes", "test", "--config.file=alertmanager/alertmanager.yml"]
     assert_ok(run([*cmd, f"--verify.receivers={receiver}", *labels]))
 
 
+@pytest.mark.fault("I2")
 def test_critical_inhibits_warning_for_same_instance_and_quantity() -> None:
     config = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
     rules = [
@@ -276,6 +282,7 @@ def unsafe_constructs(source: str) -> list[tuple[int, str]]:
     return findings
 
 
+@pytest.mark.fault("C5", "H9")
 def test_unsafe_construct_scanner_flags_known_patterns() -> None:
     source = (
         "import pickle\nimport yaml, torch, subprocess\nyaml.load(s)\neval(x)\n"
@@ -285,6 +292,7 @@ def test_unsafe_construct_scanner_flags_known_patterns() -> None:
     assert [line for line, _ in unsafe_constructs(source)] == [1, 3, 4, 5, 6]
 
 
+@pytest.mark.fault("C5", "H9")
 def test_library_code_has_no_pickle_eval_unsafe_yaml_or_shell() -> None:
     findings = []
     for name in repo_files():
@@ -301,6 +309,7 @@ SECRET_PATTERNS = (
 )
 
 
+@pytest.mark.fault("H4")
 def test_no_chat_or_paging_secret_in_repo() -> None:
     hits = []
     for name in repo_files():

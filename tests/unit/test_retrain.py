@@ -98,6 +98,7 @@ def _config(models: Path, data: Path, *extra: str, environ: dict | None = None):
 # --- configuration ---------------------------------------------------------------------------
 
 
+@pytest.mark.fault("H1", "D9")
 def test_defaults_match_the_documented_service():
     config = load_config([], {})
     assert config.interval == 7 * 86400 and config.history == 14 * 86400
@@ -141,11 +142,13 @@ def test_invalid_values_exit_2_naming_the_key(argv, env, key, capsys):
     assert key in capsys.readouterr().err
 
 
+@pytest.mark.fault("H1", "H2")
 def test_a_non_loopback_listener_without_a_token_is_refused(capsys):
     assert main(["--web.listen-address", "0.0.0.0:9466"], {}) == 2
     assert "without a token" in capsys.readouterr().err
 
 
+@pytest.mark.fault("D9")
 def test_the_child_trainer_is_the_training_cli_with_limited_threads(tmp_path):
     config = _config(tmp_path, tmp_path, "--threads", "2", "--train.targets", "cpu_utilisation")
     command = trainer_command(config, tmp_path / "work", "v1")
@@ -181,18 +184,21 @@ def _backtest(nql: float, coverage: float = 0.8, baseline: float | None = 1.0) -
 HEALTHY = Health(vectors=100, non_finite=0, crossing=0)
 
 
+@pytest.mark.fault("D3")
 def test_a_candidate_not_worse_than_the_current_model_passes():
     verdict = judge(_backtest(0.52), _backtest(0.5, baseline=None), HEALTHY, GateSpec())
     assert verdict.passed and verdict.reasons == ()
     assert verdict.ratios == {h: pytest.approx(1.04) for h in GATE_HORIZONS}
 
 
+@pytest.mark.fault("D3")
 def test_a_candidate_worse_than_the_current_model_by_more_than_the_tolerance_is_rejected():
     verdict = judge(_backtest(0.53), _backtest(0.5, baseline=None), HEALTHY, GateSpec())
     assert not verdict.passed and verdict.reasons == ("worse_than_current",)
     assert len(verdict.details) == len(GATE_HORIZONS)
 
 
+@pytest.mark.fault("D3")
 def test_a_single_worse_horizon_is_enough_to_reject():
     candidate = _backtest(0.5)
     for quantity in TARGETS:
@@ -201,6 +207,7 @@ def test_a_single_worse_horizon_is_enough_to_reject():
     assert verdict.reasons == ("worse_than_current",) and verdict.details[0].startswith("NQL 8h")
 
 
+@pytest.mark.fault("D4")
 def test_non_finite_and_crossing_quantiles_are_rejected():
     forecasts = np.tile([0.1, 0.5, 0.9], (4, 10, 1))
     assert quantile_health(forecasts) == Health(40, 0, 0)
@@ -214,6 +221,7 @@ def test_non_finite_and_crossing_quantiles_are_rejected():
 
 
 @pytest.mark.parametrize("coverage", [0.6, 0.95, None])
+@pytest.mark.fault("D3")
 def test_coverage_outside_the_band_is_rejected(coverage):
     verdict = judge(_backtest(0.4, coverage=coverage), None, HEALTHY, GateSpec())
     assert verdict.reasons == ("coverage_out_of_band",)
@@ -246,6 +254,7 @@ def test_only_targets_both_models_forecast_are_compared():
 # --- history windows -------------------------------------------------------------------------
 
 
+@pytest.mark.fault("D8")
 def test_a_history_shorter_than_one_run_needs_is_refused_with_a_reason(tmp_path):
     wide = load_history(_config(tmp_path, _history(tmp_path / "h", 2)), None, list(TARGETS), 0)
     problem = history_problem(wide, Window())
@@ -267,6 +276,7 @@ def test_the_split_holds_out_the_latest_window_and_keeps_context_for_the_gate(hi
 # --- runs that stop before training ----------------------------------------------------------
 
 
+@pytest.mark.fault("D8")
 def test_a_too_short_history_fails_the_run_and_promotes_nothing(tmp_path):
     data = _history(tmp_path / "short", 2)
     retrainer = Retrainer(_config(tmp_path / "models", data), os.environ)
@@ -297,6 +307,7 @@ def _answer(request: httpx.Request) -> httpx.Response:
     )
 
 
+@pytest.mark.fault("A7", "D8")
 def test_a_partial_answer_from_prometheus_fails_the_run(tmp_path):
     config = load_config(["--models.dir", str(tmp_path), "--prometheus.url", "http://prom"], {})
     retrainer = Retrainer(config, os.environ, transport=httpx.MockTransport(_answer))
@@ -305,6 +316,7 @@ def test_a_partial_answer_from_prometheus_fails_the_run(tmp_path):
     assert "partial response" in report["detail"]
 
 
+@pytest.mark.fault("D7")
 def test_a_run_while_another_process_holds_the_lock_fails_as_locked(tmp_path, history):
     retrainer = Retrainer(_config(tmp_path, history), os.environ)
     with run_lock(tmp_path):
@@ -314,6 +326,7 @@ def test_a_run_while_another_process_holds_the_lock_fails_as_locked(tmp_path, hi
     assert (report["outcome"], report["reason"]) == ("failed", "locked")
 
 
+@pytest.mark.fault("D1")
 def test_start_up_removes_stale_temp_dirs_unless_another_retrain_runs(tmp_path, history):
     for name in (".tmp-v20261122-000000-4242", f"{WORK_PREFIX}4242"):
         (tmp_path / name).mkdir()
@@ -328,6 +341,7 @@ def test_start_up_removes_stale_temp_dirs_unless_another_retrain_runs(tmp_path, 
 # --- HTTP ------------------------------------------------------------------------------------
 
 
+@pytest.mark.fault("D6", "D7", "H2")
 def test_mutating_routes_need_the_token_and_retrain_is_409_while_running(tmp_path):
     retrainer = Retrainer(_config(tmp_path, _history(tmp_path / "short", 2)), os.environ)
     client = TestClient(build_app(retrainer, token="s3cret"))
@@ -426,6 +440,7 @@ def _shipped(models: Path) -> str:
 
 @pytest.mark.torch
 @pytest.mark.slow
+@pytest.mark.fault("D3")
 def test_a_candidate_trained_on_shuffled_targets_is_rejected_and_the_current_stays(
     tmp_path, history, monkeypatch
 ):
@@ -493,6 +508,7 @@ class _Readers:
 
 @pytest.mark.torch
 @pytest.mark.slow
+@pytest.mark.fault("D5")
 def test_a_good_candidate_is_promoted_with_an_atomic_pointer_swap(tmp_path, history, monkeypatch):
     models = tmp_path / "models"
     config = _config(models, history, *RELAXED_BAND)
@@ -533,6 +549,7 @@ def test_a_good_candidate_is_promoted_with_an_atomic_pointer_swap(tmp_path, hist
 
 @pytest.mark.torch
 @pytest.mark.slow
+@pytest.mark.fault("D1", "D2", "D9")
 def test_sigkill_of_the_child_trainer_leaves_no_version_under_a_final_name(
     tmp_path, history, monkeypatch
 ):
@@ -566,6 +583,7 @@ def _free_port() -> int:
 
 @pytest.mark.torch
 @pytest.mark.slow
+@pytest.mark.fault("G1")
 def test_sigterm_mid_retrain_stops_the_child_and_exits_0_within_10_s(tmp_path, history):
     models, port = tmp_path / "models", _free_port()
     argv = [

@@ -48,6 +48,7 @@ def advance(source: FakeSource, seconds: float) -> None:
     source.now_value += seconds
 
 
+@pytest.mark.fault("C1")
 def test_first_cycle_serves_baseline_forecasts_for_every_instance_and_target():
     source = FakeSource(FLEET)
     service, published = make_service(source)
@@ -106,6 +107,7 @@ def test_older_history_is_backfilled_in_chunks_until_the_guard_window_is_held():
     assert held == sorted(held)
 
 
+@pytest.mark.fault("A2")
 def test_source_down_keeps_the_last_snapshot_and_marks_the_source_down():
     source = FakeSource(FLEET)
     service, published = make_service(source)
@@ -142,6 +144,7 @@ def test_two_shards_cover_disjoint_sets_whose_union_is_the_fleet():
     assert all(shard_of(name, 2) == 0 for name in seen[0])
 
 
+@pytest.mark.fault("B8", "C6")
 def test_new_instance_is_forecast_at_the_next_cycle():
     source = FakeSource(FLEET)
     service, published = make_service(source)
@@ -158,6 +161,7 @@ def test_new_instance_is_forecast_at_the_next_cycle():
     assert new.warmup_steps < new.warmup_required
 
 
+@pytest.mark.fault("B8")
 def test_vanished_instance_disappears_after_stale_after():
     source = FakeSource(FLEET)
     service, published = make_service(source, ["--cycle.stale-after", "10m"])
@@ -194,6 +198,7 @@ def test_risk_rises_for_a_host_heading_for_saturation():
     assert all(i.risk.score == 0 for i in others)
 
 
+@pytest.mark.fault("B7")
 def test_pushed_records_are_forecast_like_scraped_hosts():
     source = FakeSource(FLEET)
     service, published = make_service(source)
@@ -276,6 +281,7 @@ def _point(root: Path, version: str) -> None:
     (root / "current.json").write_text(json.dumps({"version": version, "previous": None}))
 
 
+@pytest.mark.fault("C1", "D6")
 def test_model_holder_hot_reloads_a_newly_promoted_version(tmp_path: Path):
     config = load_config(["--model.dir", str(tmp_path)], {})
     loader = _Loader()
@@ -290,6 +296,7 @@ def test_model_holder_hot_reloads_a_newly_promoted_version(tmp_path: Path):
     assert holder.check().version == "v2"
 
 
+@pytest.mark.fault("C2", "C3")
 def test_model_holder_keeps_serving_when_a_new_version_is_refused(tmp_path: Path):
     config = load_config(["--model.dir", str(tmp_path)], {})
     loader = _Loader(broken={"v2"})

@@ -90,6 +90,7 @@ def rig():
 
 
 @pytest.mark.parametrize("mode", ["refused", "5xx", "429", "garbage", "error_status"])
+@pytest.mark.fault("A2", "A4", "A8")
 def test_faulty_source_keeps_the_last_snapshot_then_recovers_in_one_cycle(rig, mode, caplog):
     fake, service, published = rig
     assert service.run_cycle()
@@ -113,6 +114,7 @@ def test_faulty_source_keeps_the_last_snapshot_then_recovers_in_one_cycle(rig, m
     assert sum(state.cycle_failures.values()) == 3
 
 
+@pytest.mark.fault("A7")
 def test_partial_answers_are_published_and_flagged(rig):
     fake, service, published = rig
     fake.mode = "partial"
@@ -126,6 +128,7 @@ def test_partial_answers_are_published_and_flagged(rig):
     assert not published[-1][1].input_partial
 
 
+@pytest.mark.fault("A4")
 def test_retries_are_bounded_per_request(rig):
     fake, service, _ = rig
     fake.mode = "5xx"

@@ -104,6 +104,7 @@ def test_missing_field_is_400(client):
     assert "scenario" in response.json()["reason"]
 
 
+@pytest.mark.fault("H5")
 def test_oversized_body_is_413(client):
     response = client.post("/scenario/set", content=b" " * 70_000)
     assert response.status_code == 413
@@ -131,6 +132,7 @@ def test_incident_inject_and_list(client):
         ({"node": "x" * 500, "kind": "memory_leak"}, 400),
     ],
 )
+@pytest.mark.fault("H5")
 def test_bad_incident_requests_are_rejected(client, payload, status):
     response = client.post("/incident/inject", json=payload)
     assert response.status_code == status
@@ -138,6 +140,7 @@ def test_bad_incident_requests_are_rejected(client, payload, status):
 
 
 @pytest.mark.parametrize("path", ["/scenario/set", "/incident/inject"])
+@pytest.mark.fault("H5")
 def test_deeply_nested_json_is_400_not_500(path):
     client = TestClient(build_app(_engine()), raise_server_exceptions=False)
     nested = b"[" * 30_000 + b"]" * 30_000
@@ -149,6 +152,7 @@ def test_deeply_nested_json_is_400_not_500(path):
 
 @pytest.mark.parametrize("field", ["ramp", "hold"])
 @pytest.mark.parametrize("unit", ["s", "m", "d"])
+@pytest.mark.fault("H5")
 def test_a_duration_beyond_float_range_is_400_not_500(field, unit):
     client = TestClient(build_app(_engine()), raise_server_exceptions=False)
     payload = {"node": "ppweb001", "kind": "memory_leak", field: "9" * 400 + unit}
@@ -162,6 +166,7 @@ def test_a_duration_beyond_float_range_is_400_not_500(field, unit):
     assert not any(i["source"] == "api" for i in listed)  # nothing was injected
 
 
+@pytest.mark.fault("H2")
 def test_mutating_routes_need_the_token_when_one_is_configured():
     client = TestClient(build_app(_engine(), token="s3cret"))
     routes = [
@@ -177,6 +182,7 @@ def test_mutating_routes_need_the_token_when_one_is_configured():
     assert client.get("/status").status_code == 200
 
 
+@pytest.mark.fault("H2")
 def test_every_mutating_route_is_guarded():
     app = build_app(_engine(), token="t")
     client = TestClient(app)
@@ -200,6 +206,7 @@ def test_file_sd_targets_name_each_node_as_its_instance(tmp_path):
     }
 
 
+@pytest.mark.fault("H8")
 def test_an_unexpected_error_is_one_json_500_and_one_logged_traceback(caplog):
     """Nothing re-raises it to the server (which would log it a second time): the test client,
     which raises whatever reaches the server, gets the answer."""

@@ -8,6 +8,7 @@ from simulator.__main__ import main
 from simulator.config import load_config, parse_duration, parse_time
 
 
+@pytest.mark.fault("H1")
 def test_defaults_listen_on_loopback():
     config = load_config(["serve"], {})
     assert config.listen_address == "127.0.0.1:9100"
@@ -38,6 +39,7 @@ def test_precedence_is_defaults_yaml_env_flags(tmp_path):
         (["incident", "--node", "ppdb001"], {}, "--kind"),
     ],
 )
+@pytest.mark.fault("G3")
 def test_invalid_input_exits_2_naming_the_flag(argv, environ, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_config(argv, environ)
@@ -53,6 +55,7 @@ def test_unknown_yaml_key_is_rejected(tmp_path, capsys):
     assert "sevrers" in capsys.readouterr().err
 
 
+@pytest.mark.fault("H1", "H2")
 def test_serve_refuses_a_public_listener_without_a_token():
     assert main(["serve", "--web.listen-address", "0.0.0.0:0"]) == 2
 

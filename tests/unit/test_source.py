@@ -177,6 +177,7 @@ def test_no_grid_step_in_range_gives_an_empty_frame_without_a_request():
 # --- A1, A3, A4: connection, timeout, 5xx ------------------------------------------------------
 
 
+@pytest.mark.fault("A1")
 def test_connection_refused_is_retried_then_reason_connection():
     clock = FakeClock()
     fake = FakePrometheus(default=httpx.ConnectError("[Errno 111] Connection refused"))
@@ -184,12 +185,14 @@ def test_connection_refused_is_retried_then_reason_connection():
     assert len(fake.requests) == 4 and len(clock.waits) == 3  # 1 + retries (3)
 
 
+@pytest.mark.fault("A3")
 def test_timeout_is_retried_then_reason_timeout():
     fake = FakePrometheus(default=httpx.ReadTimeout("timed out"))
     assert failure(fake, retries=1).reason == "timeout"
     assert len(fake.requests) == 2
 
 
+@pytest.mark.fault("A4")
 def test_5xx_then_recovery_succeeds_with_jittered_exponential_backoff():
     clock = FakeClock()
     fake = FakePrometheus(
@@ -207,6 +210,7 @@ def test_5xx_then_recovery_succeeds_with_jittered_exponential_backoff():
     assert clock.waits != [0.5, 1.0, 2.0]  # full jitter, not the bare exponential
 
 
+@pytest.mark.fault("A4")
 def test_5xx_that_persists_ends_with_reason_http_error():
     fake = FakePrometheus(default=httpx.Response(503, text="down"))
     error = failure(fake)
@@ -214,6 +218,7 @@ def test_5xx_that_persists_ends_with_reason_http_error():
     assert len(fake.requests) == 4
 
 
+@pytest.mark.fault("A4")
 def test_retries_stop_when_the_next_wait_would_pass_the_budget():
     clock = FakeClock()
     fake = FakePrometheus(default=httpx.Response(500))
@@ -221,6 +226,7 @@ def test_retries_stop_when_the_next_wait_would_pass_the_budget():
     assert clock.waits == [0.5] and len(fake.requests) == 2  # 0.5 + 1.0 would pass 1.2
 
 
+@pytest.mark.fault("A4")
 def test_backoff_is_capped_at_8_seconds():
     clock = FakeClock()
     fake = FakePrometheus(default=httpx.Response(500))
@@ -231,6 +237,7 @@ def test_backoff_is_capped_at_8_seconds():
 # --- A5: 429 -----------------------------------------------------------------------------------
 
 
+@pytest.mark.fault("A5")
 def test_429_waits_at_least_retry_after_seconds():
     clock = FakeClock()
     fake = FakePrometheus(httpx.Response(429, headers={"Retry-After": "5"}), ok(ANSWER))
@@ -239,6 +246,7 @@ def test_429_waits_at_least_retry_after_seconds():
     assert clock.waits[0] >= 5 and len(fake.requests) == 2
 
 
+@pytest.mark.fault("A5")
 def test_429_with_an_http_date_waits_until_that_date():
     now = 1_700_000_000
     headers = {
@@ -252,6 +260,7 @@ def test_429_with_an_http_date_waits_until_that_date():
     assert clock.waits[0] >= 7
 
 
+@pytest.mark.fault("A5")
 def test_429_that_persists_makes_a_bounded_number_of_requests():
     clock = FakeClock()
     fake = FakePrometheus(default=httpx.Response(429, headers={"Retry-After": "5"}))
@@ -259,6 +268,7 @@ def test_429_that_persists_makes_a_bounded_number_of_requests():
     assert len(fake.requests) == 4 and all(w >= 5 for w in clock.waits)
 
 
+@pytest.mark.fault("A5")
 def test_429_asking_for_more_than_the_budget_gives_up_at_once():
     clock = FakeClock()
     fake = FakePrometheus(default=httpx.Response(429, headers={"Retry-After": "3600"}))
@@ -281,6 +291,7 @@ def test_429_asking_for_more_than_the_budget_gives_up_at_once():
         prom_error(422, "execution", "query processing would load too many samples into memory"),
     ],
 )
+@pytest.mark.fault("A6")
 def test_400_and_422_are_never_retried(response):
     clock = FakeClock()
     fake = FakePrometheus(default=response)
@@ -306,12 +317,14 @@ def test_other_client_errors_are_not_retried():
         matrix({"a": [(T0, "1")]}, isPartial=True),
     ],
 )
+@pytest.mark.fault("A7")
 def test_warnings_and_partial_flags_mark_the_result_partial(payload):
     with source(FakePrometheus(default=ok(payload))) as client:
         result = client.query_range(EXPR, T0, T0 + 300)
     assert result.partial and len(result.frame) == 1
 
 
+@pytest.mark.fault("A7")
 def test_warnings_of_all_pieces_are_joined_once():
     fake = FakePrometheus(
         ok(matrix({"a": [(T0, "1")]}, warnings=["w1"])),
@@ -354,12 +367,14 @@ def test_warnings_of_all_pieces_are_joined_once():
         ),
     ],
 )
+@pytest.mark.fault("A8")
 def test_broken_answers_raise_the_right_reason_once(response, reason):
     fake = FakePrometheus(response)
     assert failure(fake).reason == reason
     assert len(fake.requests) == 1
 
 
+@pytest.mark.fault("A8")
 def test_body_over_the_cap_is_refused_while_streaming():
     def stream():
         while True:
@@ -369,12 +384,14 @@ def test_body_over_the_cap_is_refused_while_streaming():
     assert failure(fake, max_body_bytes=4096).reason == "too_large"
 
 
+@pytest.mark.fault("A8")
 def test_declared_length_over_the_cap_is_refused_before_reading():
     big = json.dumps(matrix({"a": [(T0 + i * 300, "1") for i in range(200)]}))
     fake = FakePrometheus(default=httpx.Response(200, headers=JSON, content=big))
     assert failure(fake, max_body_bytes=1024).reason == "too_large"
 
 
+@pytest.mark.fault("A10")
 def test_tls_failure_is_not_retried_and_has_reason_tls():
     def handshake(request):
         try:
@@ -388,6 +405,7 @@ def test_tls_failure_is_not_retried_and_has_reason_tls():
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2048))
+@pytest.mark.fault("A8")
 def test_arbitrary_bytes_raise_nothing_but_source_error(body):
     fake = FakePrometheus(default=httpx.Response(200, headers=JSON, content=body))
     with source(fake, max_body_bytes=1024) as client:
@@ -416,6 +434,7 @@ series = st.fixed_dictionaries(
     st.sampled_from(["success", "error", None]),
     json_values,
 )
+@pytest.mark.fault("A8")
 def test_hostile_json_answers_raise_nothing_but_source_error(result, status, warnings):
     payload = {"status": status, "data": {"resultType": "matrix", "result": result}}
     payload["warnings"] = warnings
@@ -439,6 +458,7 @@ def test_hostile_json_answers_raise_nothing_but_source_error(result, status, war
     st.integers(1, 400_000),
     st.integers(1000, 50_000_000),
 )
+@pytest.mark.fault("A6")
 def test_planned_pieces_respect_both_limits_and_tile_the_grid(start, steps, step, hint, limit):
     end = start + int(steps * step)
     pieces = plan_pieces(start, end, step, hint, limit)
@@ -465,6 +485,7 @@ def test_points_per_request_never_drops_below_one():
 # --- now, ready, token, lifecycle --------------------------------------------------------------
 
 
+@pytest.mark.fault("E3")
 def test_now_is_prometheus_time_from_time_or_the_date_header():
     scalar = {"status": "success", "data": {"resultType": "scalar", "result": [1.7e9, "1.7e9"]}}
     odd = {"status": "success", "data": {"resultType": "string", "result": "x"}}
@@ -484,6 +505,7 @@ def test_instant_queries_report_errors_with_reasons():
         client.instant("up")
 
 
+@pytest.mark.fault("A9")
 def test_ready_reflects_the_readiness_endpoint_without_retrying():
     fake = FakePrometheus(
         httpx.Response(200, text="Prometheus Server is Ready."),
@@ -495,6 +517,7 @@ def test_ready_reflects_the_readiness_endpoint_without_retrying():
     assert [r.url.path for r in fake.requests] == ["/-/ready"] * 3
 
 
+@pytest.mark.fault("H4")
 def test_bearer_token_is_sent_but_never_logged_or_raised(caplog):
     caplog.set_level(logging.DEBUG)
     fake = FakePrometheus(ok(ANSWER), default=httpx.ConnectError("refused"))

@@ -252,6 +252,7 @@ def test_workdir_made_by_the_stack_is_wiped(tmp_path: Path) -> None:
     assert [p.name for p in workdir.iterdir()] == [".stack-workdir"]
 
 
+@pytest.mark.fault("G4")
 def test_second_lock_on_a_workdir_fails_naming_the_holder(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     with WorkdirLock(workdir) as lock:

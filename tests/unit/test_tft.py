@@ -108,6 +108,7 @@ def test_fast_path_equals_the_library_path(bundle, wide):
         assert relative.max() < 1e-4, name
 
 
+@pytest.mark.fault("C7")
 def test_fast_path_quantiles_never_cross_and_are_finite(bundle, wide):
     end = wide["timestamp"].max() - pd.Timedelta(hours=6)
     _, batch = _batch(bundle, wide, end)
@@ -139,6 +140,7 @@ class _Canary:
         return (builtins.open, (self.path, "w"))
 
 
+@pytest.mark.fault("C5")
 def test_pickles_planted_next_to_a_model_are_never_opened(bundle, tmp_path, monkeypatch):
     registry = Registry(tmp_path / "models")
     with registry.staging("v1") as staged:
