@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
+import httpx
 import numpy as np
 import pandas as pd
 
@@ -101,3 +103,88 @@ class FakeSource:
                 }
             )
         return RangeResult(regrid(frame, step), (), Counter())
+
+
+FLEET = ["ppdb001", "ppweb001", "ppml001"]
+
+
+class FakeClock:
+    """Monotonic seconds that only the injected sleep moves; records every wait."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+class FakePrometheus:
+    """An httpx MockTransport handler: `time()`, `query_range` and `/-/ready` for FLEET, with
+    the values of `value`; `mode` injects one kind of fault: refused, 5xx, 429, garbage,
+    error_status, restarting (503 everywhere, as during WAL replay), partial (a truncation
+    warning), thanos_partial (a Thanos store warning) or thanos_flag (`partialResponse`)."""
+
+    def __init__(self) -> None:
+        self.now = float(T0 + 26 * 3600 + 10)
+        self.mode = "ok"
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.mode == "refused":
+            raise httpx.ConnectError("connection refused", request=request)
+        if self.mode == "5xx":
+            return httpx.Response(503, text="unavailable")
+        if self.mode == "restarting":
+            return httpx.Response(503, text="Service Unavailable")
+        if self.mode == "429":
+            return httpx.Response(429, headers={"Retry-After": "1"}, text="slow down")
+        if self.mode == "garbage":
+            return httpx.Response(200, headers={"Content-Type": "text/html"}, text="<html>")
+        if self.mode == "error_status":
+            body = {"status": "error", "errorType": "execution", "error": "boom"}
+            return httpx.Response(200, json=body)
+        if request.url.path == "/-/ready":
+            return httpx.Response(200, text="Prometheus Server is Ready.")
+        params = {k: v[0] for k, v in parse_qs(request.url.query.decode()).items()}
+        if request.url.path == "/api/v1/query":
+            scalar = {"resultType": "scalar", "result": [self.now, str(self.now)]}
+            return httpx.Response(200, json={"status": "success", "data": scalar})
+        return httpx.Response(200, json=self._matrix(params))
+
+    def _matrix(self, params: dict[str, str]) -> dict:
+        name = EXPR_TO_NAME[params["query"]]
+        start, end, step = (float(params[k]) for k in ("start", "end", "step"))
+        times = np.arange(start, end + 1, step)
+        result = [
+            {
+                "metric": {"instance": instance},
+                "values": [
+                    [float(t), str(float(v))]
+                    for t, v in zip(times, value(instance, name, times), strict=True)
+                ],
+            }
+            for instance in FLEET
+        ]
+        body: dict = {"status": "success", "data": {"resultType": "matrix", "result": result}}
+        if self.mode == "partial":
+            body["warnings"] = ["results truncated due to limit"]
+        if self.mode == "thanos_partial":  # a Thanos querier with partial_response enabled
+            body["warnings"] = [
+                'receive series from Addr: 10.0.0.7:10901 LabelSets: {store="eu-2"}: '
+                "rpc error: code = Unavailable desc = connection refused"
+            ]
+        if self.mode == "thanos_flag":
+            body["partialResponse"] = True
+        return body
+
+    def range_ends(self) -> set[float]:
+        """The `end` of every query_range request so far."""
+        return {
+            float(r.url.params["end"]) for r in self.requests if r.url.path.endswith("query_range")
+        }

@@ -21,7 +21,6 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import parse_qs
 
 import httpx
 import numpy as np
@@ -37,82 +36,16 @@ from forecaster.persist import FILENAME, load_snapshot, save_snapshot
 from forecaster.service import Service
 from forecaster.source import PrometheusSource, SourceError
 from stack.ports import pick_free_ports
-from tests.service_fakes import EXPR_TO_NAME, T0, FakeSource, value
+from tests.service_fakes import FLEET, FakeClock, FakePrometheus, FakeSource
 
 with warnings.catch_warnings():  # starlette's note about httpx vs httpx2
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-FLEET = ["ppdb001", "ppweb001", "ppml001"]
 STEP = 300
 
 
 # --- a fake Prometheus and a service around it ---------------------------------------------------
-
-
-class FakeClock:
-    """Monotonic seconds that only the injected sleep moves; records every wait."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.waits: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
-
-
-class FakePrometheus:
-    """`time()`, `query_range` and `/-/ready` for FLEET; `mode` injects one kind of fault."""
-
-    def __init__(self) -> None:
-        self.now = float(T0 + 26 * 3600 + 10)
-        self.mode = "ok"
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.mode == "restarting":  # WAL replay: not ready, and the API is unavailable
-            return httpx.Response(503, text="Service Unavailable")
-        if request.url.path == "/-/ready":
-            return httpx.Response(200, text="Prometheus Server is Ready.")
-        params = {k: v[0] for k, v in parse_qs(request.url.query.decode()).items()}
-        if request.url.path == "/api/v1/query":
-            scalar = {"resultType": "scalar", "result": [self.now, str(self.now)]}
-            return httpx.Response(200, json={"status": "success", "data": scalar})
-        return httpx.Response(200, json=self._matrix(params))
-
-    def _matrix(self, params: dict[str, str]) -> dict:
-        name = EXPR_TO_NAME[params["query"]]
-        start, end, step = (float(params[k]) for k in ("start", "end", "step"))
-        times = np.arange(start, end + 1, step)
-        result = [
-            {
-                "metric": {"instance": instance},
-                "values": [
-                    [float(t), str(float(v))]
-                    for t, v in zip(times, value(instance, name, times), strict=True)
-                ],
-            }
-            for instance in FLEET
-        ]
-        body: dict = {"status": "success", "data": {"resultType": "matrix", "result": result}}
-        if self.mode == "thanos_partial":  # a Thanos querier with partial_response enabled
-            body["warnings"] = [
-                'receive series from Addr: 10.0.0.7:10901 LabelSets: {store="eu-2"}: '
-                "rpc error: code = Unavailable desc = connection refused"
-            ]
-        if self.mode == "thanos_flag":
-            body["partialResponse"] = True
-        return body
-
-    def range_ends(self) -> set[float]:
-        return {
-            float(r.url.params["end"]) for r in self.requests if r.url.path.endswith("query_range")
-        }
 
 
 def rig(*argv: str, skew: float = 0.0):

@@ -8,70 +8,14 @@ state change, and publishes fresh forecasts at the first cycle after recovery.
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qs
 
 import httpx
-import numpy as np
 import pytest
 
 from forecaster.config import load_config
 from forecaster.service import Service
 from forecaster.source import PrometheusSource
-from tests.service_fakes import EXPR_TO_NAME, T0, value
-
-FLEET = ["ppdb001", "ppweb001", "ppml001"]
-
-
-class FakePrometheus:
-    """Answers `time()` and `query_range` for FLEET; `mode` injects one kind of fault."""
-
-    def __init__(self) -> None:
-        self.now = float(T0 + 26 * 3600 + 10)
-        self.mode = "ok"
-        self.requests = 0
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests += 1
-        if self.mode == "refused":
-            raise httpx.ConnectError("connection refused", request=request)
-        if self.mode == "5xx":
-            return httpx.Response(503, text="unavailable")
-        if self.mode == "429":
-            return httpx.Response(429, headers={"Retry-After": "1"}, text="slow down")
-        if self.mode == "garbage":
-            return httpx.Response(200, headers={"Content-Type": "text/html"}, text="<html>")
-        if self.mode == "error_status":
-            body = {"status": "error", "errorType": "execution", "error": "boom"}
-            return httpx.Response(200, json=body)
-        params = {k: v[0] for k, v in parse_qs(request.url.query.decode()).items()}
-        if request.url.path == "/api/v1/query":
-            return httpx.Response(
-                200,
-                json={
-                    "status": "success",
-                    "data": {"resultType": "scalar", "result": [self.now, str(self.now)]},
-                },
-            )
-        return httpx.Response(200, json=self._matrix(params))
-
-    def _matrix(self, params: dict[str, str]) -> dict:
-        name = EXPR_TO_NAME[params["query"]]
-        start, end, step = (float(params[k]) for k in ("start", "end", "step"))
-        times = np.arange(start, end + 1, step)
-        result = [
-            {
-                "metric": {"instance": instance},
-                "values": [
-                    [float(t), str(float(v))]
-                    for t, v in zip(times, value(instance, name, times), strict=True)
-                ],
-            }
-            for instance in FLEET
-        ]
-        body: dict = {"status": "success", "data": {"resultType": "matrix", "result": result}}
-        if self.mode == "partial":
-            body["warnings"] = ["results truncated due to limit"]
-        return body
+from tests.service_fakes import FLEET, FakePrometheus
 
 
 @pytest.fixture
@@ -133,4 +77,4 @@ def test_retries_are_bounded_per_request(rig):
     fake, service, _ = rig
     fake.mode = "5xx"
     service.run_cycle()
-    assert fake.requests == 1 + service.config.prometheus.retries  # the time() query gave up
+    assert len(fake.requests) == 1 + service.config.prometheus.retries  # the time() query gave up

@@ -24,6 +24,7 @@ from forecaster.source import (
     plan_pieces,
     points_per_request,
 )
+from tests.service_fakes import FakeClock
 
 T0 = 1_700_000_100  # on the 5-minute grid
 JSON = {"content-type": "application/json"}
@@ -77,21 +78,6 @@ class FakePrometheus:
         if callable(item):
             return item(request)
         return item
-
-
-class FakeClock:
-    """A monotonic clock that only the injected sleep moves."""
-
-    def __init__(self):
-        self.now = 0.0
-        self.waits: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
 
 
 class UpperRng:
