@@ -1,7 +1,7 @@
 """The forecaster's HTTP surface: `/metrics`, the seed's REST API, `POST /feed/data`, `/ws`.
 
 `build_app(hub, ...)` takes its dependencies (the `Hub` the forecast cycle publishes to, and the
-callables the forecaster injects to ingest records and reload the model), so tests build it
+callables the forecaster injects to ingest records and reload), so tests build it
 in-process. Handlers only read the hub's current `Published` state: `/metrics` serves bytes
 rendered at publish time and never computes. Mutating routes need `Authorization: Bearer
 <token>` when a token is configured (refusing a non-loopback listener without one is the
@@ -41,6 +41,7 @@ MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPE = "application/json"
 Ingest = Callable[[list[Any]], tuple[int, Sequence[tuple[int, str]]]]
 Reload = Callable[[], object]
+"""Backs `POST /-/reload`: raises `ReloadError` when the reload failed."""
 _SLUGS = {
     400: "bad_request",
     401: "unauthorized",
@@ -53,6 +54,11 @@ _SLUGS = {
     429: "too_many_requests",
     503: "unavailable",
 }
+
+
+class ReloadError(Exception):
+    """Raised by the injected reload callable when the reload failed; `POST /-/reload`
+    answers 500 with its message as the reason (as Prometheus' own `/-/reload` does)."""
 
 
 class ApiError(HTTPException):
@@ -190,8 +196,9 @@ def build_app(
     """The FastAPI application serving `hub`; the keyword arguments are its dependencies.
 
     `ingest(records) -> (accepted, [(index, reason), ...])` backs `POST /feed/data`;
-    `reload()` backs `POST /-/reload`; `token` guards every mutating route; `stale_after`
-    (seconds) withdraws old forecasts from the REST answers as the hub does from `/metrics`.
+    `reload()` backs `POST /-/reload` (raising `ReloadError`: 500); `token` guards every
+    mutating route; `stale_after` (seconds) withdraws old forecasts from the REST answers as
+    the hub does from `/metrics`.
     """
     broadcaster = Broadcaster(max_clients=ws_max_clients, queue_size=ws_queue)
 
@@ -364,14 +371,24 @@ def _write_routes(
 
     @app.post(
         "/-/reload",
-        summary="Reload the current model from the registry",
+        summary="Reload the configuration file and the current model from the registry",
+        description="200 once the configuration is applied (after a cycle in progress) and "
+        "the model registry is being re-read; 500 `reload_failed` with the reason when the "
+        "configuration is invalid: the running one is kept, as Prometheus does.",
         dependencies=guarded,
-        responses={200: {"model": schemas.ReloadResult}, 503: {"model": schemas.ErrorBody}},
+        responses={
+            200: {"model": schemas.ReloadResult},
+            500: {"model": schemas.ErrorBody},
+            503: {"model": schemas.ErrorBody},
+        },
     )
     async def reload_model() -> Response:
         if reload is None:
             raise ApiError(503, "unavailable", "model reload is not configured")
-        await run_in_threadpool(reload)
+        try:
+            await run_in_threadpool(reload)
+        except ReloadError as exc:
+            raise ApiError(500, "reload_failed", str(exc)) from None
         return _json({"status": "reload requested"})
 
 

@@ -255,6 +255,13 @@ def _series(view: View, _: Params) -> Iterator[Row]:
         yield (method,), float(methods.count(method))
 
 
+def _config_loaded_at(state: ServiceState) -> float:
+    """When the running configuration was loaded: its last successful reload, else the start."""
+    if state.config_reloaded_at is not None:
+        return float(state.config_reloaded_at)
+    return float(state.started_at)
+
+
 def _model_info(view: View, _: Params) -> tuple[Row]:
     state = view.state
     return (((safe_label(state.model_version or ""), state.contract_version), 1.0),)
@@ -445,6 +452,20 @@ FAMILIES: tuple[Family, ...] = (
         (),
         _scalar(lambda view: float(view.state.started_at)),
     ),
+    Family(  # Prometheus' own names for the outcome of `POST /-/reload` and SIGHUP
+        "forecaster_config_last_reload_successful",
+        "gauge",
+        "Whether the last configuration reload succeeded (1 from the start until one fails).",
+        (),
+        _scalar(lambda view: float(view.state.config_reload_successful)),
+    ),
+    Family(
+        "forecaster_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful configuration reload (the start until one succeeds).",
+        (),
+        _scalar(lambda view: _config_loaded_at(view.state)),
+    ),
     Family(
         "forecaster_cycles_total",
         "counter",
@@ -479,6 +500,13 @@ FAMILIES: tuple[Family, ...] = (
         "Series dropped before forecasting by reason.",
         ("reason",),
         _by_reason(lambda state: state.dropped_series),
+    ),
+    Family(
+        "forecaster_persist_errors_total",
+        "counter",
+        "Failed writes of the snapshot to the state directory.",
+        (),
+        _scalar(lambda view: view.state.persist_errors),
     ),
     Family(
         "forecaster_series",

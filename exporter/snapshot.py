@@ -237,3 +237,7 @@ class ServiceState:
     # "instance/quantity" -> what is wrong with its input (e.g. a likely unit mistake)
     input_warnings: Mapping[str, str] = field(default_factory=dict)
     started_at: float = 0.0
+    persist_errors: int = 0  # failed writes of the snapshot to the state directory
+    config_reload_successful: bool = True  # whether the last configuration reload succeeded
+    # unix seconds of the last successful configuration reload; None: none since the start
+    config_reloaded_at: float | None = None

@@ -35,16 +35,27 @@ from __future__ import annotations
 
 import argparse
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from forecaster.contract import Contract, Quantity, load_contract
 from webcommon.address import LISTEN_HELP, TOKEN_HELP, split_address
+from webcommon.webconfig import WEB_CONFIG_HELP, client_ssl_context, load_web_config
 
 ENV_PREFIX = "FORECASTER_"
 M = TypeVar("M", bound=BaseModel)
@@ -79,6 +90,39 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class TLSClientSettings(_Section):
+    """TLS to Prometheus, in the names of Prometheus's own `tls_config`. The certificate is
+    always verified, host name and expiry included, unless `insecure_skip_verify`; a failure
+    is a `tls` error, never a fallback to plain HTTP or to no verification."""
+
+    ca_file: Path | None = Field(
+        None, description="CA certificates that verify Prometheus's (instead of the system's)"
+    )
+    cert_file: Path | None = Field(None, description="client certificate sent to Prometheus")
+    key_file: Path | None = Field(None, description="the key of the client certificate")
+    server_name: str | None = Field(
+        None, description="the name Prometheus's certificate must carry (default: the URL's host)"
+    )
+    insecure_skip_verify: bool = Field(
+        False, description="do not verify Prometheus's certificate (tests only)"
+    )
+
+    @property
+    def configured(self) -> bool:
+        """Whether any setting differs from its default."""
+        return any(getattr(self, name) not in (None, False) for name in type(self).model_fields)
+
+    @model_validator(mode="after")
+    def _files(self) -> TLSClientSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file are set together")
+        try:
+            client_ssl_context(self.ca_file, self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the CA, certificate or key: {exc}") from None
+        return self
+
+
 class PrometheusSettings(_Section):
     """Where history comes from."""
 
@@ -88,11 +132,14 @@ class PrometheusSettings(_Section):
     retries: int = Field(3, ge=0, le=10)
     max_samples_per_request: int = Field(250_000, ge=1000)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    tls_config: TLSClientSettings = TLSClientSettings()
 
     @model_validator(mode="after")
     def _url(self) -> PrometheusSettings:
         if not re.match(r"^https?://[^\s/]+", self.url):
             raise ValueError(f"url {self.url!r} is not an http(s) URL")
+        if self.tls_config.configured and not self.url.startswith("https://"):
+            raise ValueError(f"tls_config is set but url {self.url!r} is not https://")
         return self
 
 
@@ -101,6 +148,7 @@ class WebSettings(_Section):
 
     listen_address: str = Field("127.0.0.1:9465", description=LISTEN_HELP)
     token_file: Path | None = Field(None, description=TOKEN_HELP)
+    config_file: Path | None = Field(None, description=WEB_CONFIG_HELP)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     ws_max_clients: int = Field(250, ge=1)
     ws_queue: int = Field(8, ge=1)
@@ -109,6 +157,12 @@ class WebSettings(_Section):
     def _address(self) -> WebSettings:
         split_address(self.listen_address)
         return self
+
+    @field_validator("config_file")
+    @classmethod
+    def _web_config(cls, value: Path | None) -> Path | None:
+        load_web_config(value)  # a WebConfigError (a ValueError) names the file and the key
+        return value
 
 
 class CycleSettings(_Section):
@@ -214,7 +268,10 @@ class EarlyWarning(_Section):
     with `ramp_pace`, also only where `predict_linear` over that last stretch alone reaches the
     critical threshold within the horizon (a ramp still rising, not a level that settled).
     `ramp_detrend` fits the deviation from the usual day (the median of the last 3 days at the
-    same time) instead of the value itself: for quantities with a daily cycle.
+    same time) instead of the value itself: for quantities with a daily cycle. With
+    `ramp_knee`, where the ramp has taken over, the fan served is that of the line with one bend
+    (at least that long after the bend) where it warns too: the same alerts, a fan that starts
+    at the current value and a time to breach that follows the ramp's recent pace.
     """
 
     warning: float = Field(0.5, gt=0.0, lt=1.0)
@@ -223,6 +280,7 @@ class EarlyWarning(_Section):
     ramp_level: float = Field(0.0, ge=0.0, le=2.0)
     ramp_pace: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 0.0  # 0: off
     ramp_detrend: bool = True
+    ramp_knee: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 0.0  # 0: off
 
 
 # Chosen on the seed-4242 fleet (simulator with every precursor shape), never on an evaluation
@@ -239,6 +297,7 @@ DEFAULT_EARLY_WARNING: dict[str, dict[str, Any]] = {
         "ramp_level": 0.0,
         "ramp_pace": "1h",
         "ramp_detrend": False,
+        "ramp_knee": "1h",
     },
     "filesystem_utilisation": {
         "warning": 0.2,
@@ -246,6 +305,7 @@ DEFAULT_EARLY_WARNING: dict[str, dict[str, Any]] = {
         "ramp_window": "4h",
         "ramp_level": 0.0,
         "ramp_pace": "1h",
+        "ramp_knee": "1h",
     },
 }
 
@@ -309,6 +369,8 @@ class Config(_Section):
     early_warning: Annotated[dict[str, EarlyWarning], BeforeValidator(_early_warning)] = Field(
         default_factory=lambda: {k: EarlyWarning(**v) for k, v in DEFAULT_EARLY_WARNING.items()}
     )
+    # (argv, the FORECASTER_* environment) `load_config` read this from; None: built otherwise
+    _origin: tuple[tuple[str, ...], dict[str, str]] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _names(self) -> Config:
@@ -336,6 +398,14 @@ class Config(_Section):
                 if window > 0:
                     raise ValueError(f"early_warning.{name}: a ramp needs thresholds.{name}")
         return data
+
+    def reread(self) -> Config:
+        """The configuration read again from the flags, environment and YAML file that
+        `load_config` built this one from (a reload: the file may have changed); this one
+        when it was built otherwise. Raises `ConfigError` like `load_config`."""
+        if self._origin is None:
+            return self
+        return load_config(*self._origin)
 
     def alerting(self, quantity: str) -> EarlyWarning:
         """The early-warning settings of `quantity` (the defaults where none are set)."""
@@ -367,6 +437,51 @@ class Config(_Section):
         return tuple(_lookup(contract, n, "covariates") for n in names)
 
 
+RESTART_SETTINGS = (
+    "prometheus",
+    "web",
+    "cycle.stale_after",
+    "model",
+    "guard",
+    "shard",
+    "state",
+    "contract_file",
+    "quantities",
+    "covariates",
+    "custom_quantities",
+)
+"""Settings a reload keeps at their running value: the source, the listener, the hub, the model
+holder, the guard and the history window (what it holds, for which shard and quantities) are
+built from them at start. Every other setting (the cycle's interval, `max_series` and
+`warmup_steps`, thresholds, early warning, risk, log level) applies from the next cycle."""
+
+
+def reloadable(running: Config, loaded: Config) -> tuple[Config, tuple[str, ...]]:
+    """(`loaded` with every `RESTART_SETTINGS` entry kept at its `running` value, the dotted
+    names of those entries whose value differs: they need a restart)."""
+    applied, kept = loaded, []
+    for path in RESTART_SETTINGS:
+        value = _get(running, path)
+        if _get(loaded, path) != value:
+            applied = _with(applied, path, value)
+            kept.append(path)
+    return applied, tuple(kept)
+
+
+def _get(model: BaseModel, path: str) -> Any:
+    for part in path.split("."):
+        model = getattr(model, part)
+    return model
+
+
+def _with(model: M, path: str, value: Any) -> M:
+    """A copy of `model` with the setting at dotted `path` replaced (already validated)."""
+    head, _, rest = path.partition(".")
+    if rest:
+        value = _with(getattr(model, head), rest, value)
+    return model.model_copy(update={head: value})
+
+
 def _lookup(contract: Contract, name: str, key: str) -> Quantity:
     try:
         return contract[name]
@@ -395,7 +510,7 @@ def _leaves(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 LEAVES = tuple(_leaves(Config))
-FLAG_ALIASES = {"device": "model.device"}
+FLAG_ALIASES = {"device": "model.device", "web.config.file": "web.config_file"}
 
 
 def describe(root: type[BaseModel], path: str) -> str | None:
@@ -480,7 +595,10 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     """The validated configuration from flags, environment and the YAML file they name."""
     args = vars(_parser().parse_args(list(argv)))
     args.pop("check_config")
-    return validated(Config, layered(args, environ, ENV_PREFIX, LEAVES))
+    config = validated(Config, layered(args, environ, ENV_PREFIX, LEAVES))
+    own = {key: value for key, value in environ.items() if key.startswith(ENV_PREFIX)}
+    config._origin = (tuple(argv), own)  # what `Config.reread` reads again
+    return config
 
 
 def read_secret(path: Path | None) -> str | None:

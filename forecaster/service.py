@@ -36,7 +36,7 @@ from exporter.snapshot import (
 )
 from forecaster.accuracy import OnlineAccuracy
 from forecaster.clean import CleanConfig, clean
-from forecaster.config import Config
+from forecaster.config import Config, reloadable
 from forecaster.contract import Contract, Quantity
 from forecaster.engine import ForecastSet, forecast
 from forecaster.features import host_id, profile_of
@@ -59,6 +59,15 @@ log = logging.getLogger(__name__)
 UNIT_MISTAKE_SHARE = 0.5
 """A series with more than this share of its window outside the domain gets a warning."""
 Publish = Callable[[Snapshot, ServiceState], None]
+
+
+class Reconfigured(NamedTuple):
+    """What `Service.reconfigure` did: the configuration it replaced, the one it applies, and
+    the settings the loaded one changes that need a restart (kept at their running value)."""
+
+    previous: Config
+    applied: Config
+    kept: tuple[str, ...]
 
 
 class _Derived(NamedTuple):
@@ -141,6 +150,7 @@ class Service:
         self._profiles: dict[str, str] = {}
         self._source_known: bool | None = None  # last logged source state
         self._lock = threading.Lock()  # one cycle at a time; pushes merge concurrently
+        self._state_lock = threading.Lock()  # every replacement of `self.state`, taken briefly
 
     # --- the cycle --------------------------------------------------------------------------
 
@@ -440,12 +450,13 @@ class Service:
             self._source_known = True
         model = self.holder.current if self.holder is not None else None
         now = self.clock()
-        self.state = replace(
-            self._state_common(started, model),
-            source_up=True,
-            last_success=now,
-            input_partial=partial,
-        )
+        with self._state_lock:
+            self.state = replace(
+                self._state_common(started, model),
+                source_up=True,
+                last_success=now,
+                input_partial=partial,
+            )
         n = len(self.snapshot.instances)
         tft = sum(1 for i in self.snapshot.instances.values() if i.method == "tft")
         log.info(
@@ -471,7 +482,8 @@ class Service:
             )
             self._source_known = False
         model = self.holder.current if self.holder is not None else None
-        self.state = replace(self._state_common(started, model), source_up=source_up)
+        with self._state_lock:
+            self.state = replace(self._state_common(started, model), source_up=source_up)
         self.publish(self.snapshot, self.state)
 
     def _state_common(self, started: float, model) -> ServiceState:
@@ -490,6 +502,52 @@ class Service:
             ),
             input_warnings=MappingProxyType(dict(self._input_warnings)),
         )
+
+    # --- the service's own events: persists and configuration reloads -----------------------
+
+    def persist_failed(self) -> None:
+        """Count a failed write of the snapshot (`forecaster_persist_errors_total`); the next
+        published state carries it."""
+        with self._state_lock:
+            self.state = replace(self.state, persist_errors=self.state.persist_errors + 1)
+
+    def reconfigure(self, loaded: Config) -> Reconfigured:
+        """Apply a reloaded configuration between two cycles, and publish the state that says
+        the reload succeeded. Settings that need a restart (`forecaster.config.RESTART_SETTINGS`)
+        keep their running value; the others apply from the next cycle (the cycle reads them
+        from `self.config`). The ramp outlooks follow the thresholds and early-warning settings;
+        the history window grows (backfilled) or shrinks when whether one runs changes it."""
+        with self._lock:
+            previous = self.config
+            applied, kept = reloadable(previous, loaded)
+            step = self.contract.grid.step_seconds
+            self.ramps = ramp_rules(applied, step)
+            self.window.context_steps = held_steps(
+                applied.guard.history,
+                step,
+                long=self.guard is not None or bool(self.ramps),
+                context=self.contract.grid.context_steps,
+            )
+            self.config = applied
+            self._reloaded(successful=True)
+        return Reconfigured(previous, applied, kept)
+
+    def reload_failed(self) -> None:
+        """Publish the state that says the last configuration reload failed (the running
+        configuration stays)."""
+        with self._lock:
+            self._reloaded(successful=False)
+
+    def _reloaded(self, *, successful: bool) -> None:
+        """Record a reload's outcome and publish it with the current snapshot (cycle lock held,
+        so this publication never overtakes a cycle's)."""
+        with self._state_lock:
+            self.state = replace(
+                self.state,
+                config_reload_successful=successful,
+                config_reloaded_at=self.clock() if successful else self.state.config_reloaded_at,
+            )
+        self.publish(self.snapshot, self.state)
 
     # --- pushed records ---------------------------------------------------------------------
 

@@ -46,13 +46,15 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import httpx
 import numpy as np
 import pandas as pd
 
-from forecaster.config import PrometheusSettings
+from forecaster.config import PrometheusSettings, TLSClientSettings
 from forecaster.grid import STEP_SECONDS, combine, regrid, seconds_to_utc
+from webcommon.webconfig import client_ssl_context
 
 log = logging.getLogger(__name__)
 # Answers that cannot be parsed (`from_query_range`), then requests that failed.
@@ -181,6 +183,8 @@ class PrometheusSource:
             transport=transport,
             headers=headers,
             follow_redirects=False,
+            verify=_tls_context(settings.tls_config),
+            event_hooks=_server_name_hooks(settings.tls_config.server_name),
         )
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter only
@@ -537,6 +541,27 @@ def _retry_after(headers: httpx.Headers) -> float:
         return 0.0
     now = _http_date(headers)
     return max(0.0, when - (now if now is not None else time.time()))
+
+
+def _tls_context(tls: TLSClientSettings) -> ssl.SSLContext | bool:
+    """The context that verifies Prometheus (`tls_config`); httpx's default without one."""
+    if not tls.configured:
+        return True
+    if tls.insecure_skip_verify:
+        log.warning("prometheus.tls_config.insecure_skip_verify: Prometheus is not verified")
+    return client_ssl_context(tls.ca_file, tls.cert_file, tls.key_file, tls.insecure_skip_verify)
+
+
+def _server_name_hooks(server_name: str | None) -> dict[str, list[Callable[..., Any]]]:
+    """Event hooks that send `server_name` as SNI and verify the certificate against it
+    (httpcore's `sni_hostname` extension) instead of the URL's host."""
+    if not server_name:
+        return {}
+
+    def sni(request: httpx.Request) -> None:
+        request.extensions["sni_hostname"] = server_name
+
+    return {"request": [sni]}
 
 
 def _is_tls(error: BaseException) -> bool:

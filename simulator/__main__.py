@@ -12,6 +12,7 @@ from pathlib import Path
 from simulator import schedule as sch
 from simulator.config import Config, load_config
 from webcommon.address import is_loopback, split_address
+from webcommon.webconfig import WebConfigError, load_web_config
 
 log = logging.getLogger("simulator")
 # Raw series for backfilling: enough for a day of graphs plus rate windows, not the whole span.
@@ -51,10 +52,16 @@ def _serve(config: Config) -> int:
 
     host, port = split_address(config.listen_address)
     token = _read_token(config.token_file)
-    if token is None and not is_loopback(host):
+    try:
+        web = load_web_config(config.web_config_file)
+    except WebConfigError as exc:  # validated by load_config; changed since
+        log.error("%s", exc)
+        return 2
+    if token is None and not web.requires_credentials and not is_loopback(host):
         log.error(
-            "refusing to listen on %s without --web.token-file: the scenario and "
-            "incident endpoints would be open to the network",
+            "refusing to listen on %s without --web.token-file (or a --web.config.file with "
+            "basic_auth_users or RequireAndVerifyClientCert): the scenario and incident "
+            "endpoints would be open to the network",
             config.listen_address,
         )
         return 2
@@ -67,15 +74,21 @@ def _serve(config: Config) -> int:
         target = config.sd_target_address or f"{host if host != '0.0.0.0' else '127.0.0.1'}:{port}"  # noqa: S104
         write_targets(config.sd_file, fleet.nodes, fleet.profiles, target)
     log.info(
-        "serving %d nodes on %s (seed %d, epoch %s)",
+        "serving %d nodes on %s%s (seed %d, epoch %s)",
         fleet.size,
         config.listen_address,
+        " with TLS" if web.tls else "",
         config.seed,
         epoch,
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            build_app(engine, token), host=host, port=port, log_level="warning", access_log=False
+            build_app(engine, token, web),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            **web.uvicorn_options(),
         )
     )
     server.run()

@@ -1,8 +1,10 @@
 """HTTP listener of the simulator: every node's /metrics, the seed's REST control, file_sd.
 
-`build_app(engine, token)` takes its dependencies, so tests call it in-process. Mutating routes
-(scenario and incident control) need `Authorization: Bearer <token>` when a token is configured;
-without one, `__main__` refuses any non-loopback listener. Errors are JSON {error, reason}.
+`build_app(engine, token, web)` takes its dependencies, so tests call it in-process. Mutating
+routes (scenario and incident control) need `Authorization: Bearer <token>` when a token is
+configured. A web configuration file (`--web.config.file`) with `basic_auth_users` puts every
+route behind basic auth, the token accepted instead (`webcommon.webconfig`). Without a token
+or such a file, `__main__` refuses any non-loopback listener. Errors are JSON {error, reason}.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from simulator.config import parse_duration
 from simulator.engine import Engine
 from simulator.exposition import NodeCollector
 from webcommon.errors import CatchUnexpected
+from webcommon.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
@@ -101,8 +104,9 @@ async def read_object(request: Request) -> dict:
     return data
 
 
-def build_app(engine: Engine, token: str | None = None) -> FastAPI:
-    """The FastAPI application over `engine`; `token` guards the mutating routes."""
+def build_app(engine: Engine, token: str | None = None, web: WebConfig | None = None) -> FastAPI:
+    """The FastAPI application over `engine`; `token` guards the mutating routes, `web`'s
+    basic auth (if any) every route."""
     app = FastAPI(title="Fleet simulator", version=__version__)
     registry, scrapes = _self_metrics(engine)
 
@@ -178,6 +182,8 @@ def build_app(engine: Engine, token: str | None = None) -> FastAPI:
     def ready() -> Response:
         return Response("Simulator is Ready.\n", media_type="text/plain")
 
+    if web is not None:
+        web.install(app, token)  # outermost: before the error handlers and the routes
     return app
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from simulator import schedule as sch
 from webcommon.address import LISTEN_HELP, TOKEN_HELP, split_address
+from webcommon.webconfig import WEB_CONFIG_HELP, WebConfigError, load_web_config
 
 MAX_SERVERS = 5000
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -61,6 +62,7 @@ class Config:
     sd_file: Path | None = None
     sd_target_address: str | None = None
     token_file: Path | None = None
+    web_config_file: Path | None = None
     scenario: str = "healthy"
     days: float = 30.0
     out: Path = Path("data/history")
@@ -90,6 +92,7 @@ COMMANDS: dict[str, dict[str, Option]] = {
         "--sd.file": ("sd_file", Path, "write Prometheus file_sd targets here"),
         "--sd.target-address": ("sd_target_address", str, "address Prometheus should scrape"),
         "--web.token-file": ("token_file", Path, TOKEN_HELP),
+        "--web.config.file": ("web_config_file", Path, WEB_CONFIG_HELP),
         "--scenario": ("scenario", str, "initial scenario"),
     },
     "history": {
@@ -219,4 +222,8 @@ def _validate(c: Config) -> str | None:
             split_address(c.sd_target_address)
     except ValueError as exc:
         return f"--web.listen-address / --sd.target-address: {exc}"
+    try:
+        load_web_config(c.web_config_file)
+    except WebConfigError as exc:
+        return f"--web.config.file: {exc}"
     return None

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from forecaster.config import ConfigError, read_secret
 from training.retrain_config import RetrainConfig, load_config
 from webcommon.address import is_loopback, split_address
+from webcommon.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger("training.retrain")
 STARTUP_DELAY_S = 10.0
@@ -57,7 +58,7 @@ def _configure_logging(level: str) -> None:
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 
-def serve(config: RetrainConfig, retrainer, token: str | None) -> int:
+def serve(config: RetrainConfig, retrainer, token: str | None, web: WebConfig | None = None) -> int:
     """Scheduler + HTTP listener until SIGTERM/SIGINT."""
     import uvicorn
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -93,14 +94,18 @@ def serve(config: RetrainConfig, retrainer, token: str | None) -> int:
             max_instances=1,
             coalesce=True,
         )
+    app = build_app(retrainer, token)
+    if web is not None:
+        web.install(app, token)  # basic auth outermost, as the forecaster's
     server = uvicorn.Server(
         uvicorn.Config(
-            build_app(retrainer, token),
+            app,
             host=host,
             port=port,
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=2,
+            **(web.uvicorn_options() if web is not None else {}),
         )
     )
     scheduler.start()
@@ -127,15 +132,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         config = load_config(argv, environ)
         token = read_secret(config.web.token_file)
+        web = load_web_config(config.web.config_file)
         read_secret(config.prometheus.bearer_token_file)
-    except ConfigError as exc:
+    except (ConfigError, WebConfigError) as exc:
         print(f"retrain: invalid configuration: {exc}", file=sys.stderr)
         return 2
     host, _port = split_address(config.web.listen_address)
-    if not config.once and token is None and not is_loopback(host):
+    if not config.once and token is None and not is_loopback(host) and not web.requires_credentials:
         print(
-            f"retrain: refusing to listen on {config.web.listen_address} without a token: "
-            "set --web.token-file or listen on 127.0.0.1",
+            f"retrain: refusing to listen on {config.web.listen_address} without "
+            "credentials: set --web.token-file, a --web.config.file with basic_auth_users or "
+            "RequireAndVerifyClientCert, or listen on 127.0.0.1",
             file=sys.stderr,
         )
         return 2
@@ -152,7 +159,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if config.once:
         report = retrainer.run("once")
         return 0 if report["outcome"] == "promoted" else 1
-    return serve(config, retrainer, token)
+    return serve(config, retrainer, token, web)
 
 
 if __name__ == "__main__":

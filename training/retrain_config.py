@@ -51,6 +51,7 @@ from forecaster.model.config import TFTConfig
 from training.baselines import BASELINES
 from training.gates import GateSpec, Window
 from webcommon.address import LISTEN_HELP, TOKEN_HELP, split_address
+from webcommon.webconfig import WEB_CONFIG_HELP, load_web_config
 
 ENV_PREFIX = "RETRAIN_"
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
@@ -71,6 +72,13 @@ class WebSettings(_Section):
 
     listen_address: str = Field("127.0.0.1:9466", description=LISTEN_HELP)
     token_file: Path | None = Field(None, description=TOKEN_HELP)
+    config_file: Path | None = Field(None, description=WEB_CONFIG_HELP)
+
+    @field_validator("config_file")
+    @classmethod
+    def _web_config(cls, value: Path | None) -> Path | None:
+        load_web_config(value)  # a WebConfigError (a ValueError) names the file and the key
+        return value
 
     @field_validator("listen_address")
     @classmethod
@@ -221,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(
                 flag, dest=path, metavar="VALUE", default=None, help=describe(RetrainConfig, path)
             )
+    parser.add_argument("--web.config.file", dest="web.config_file", metavar="VALUE", default=None)
     return parser
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import ipaddress
 
 ALL_ADDRESSES = "0.0.0.0"  # noqa: S104 - what `:9465` (no host) means
-LISTEN_HELP = "host:port to listen on; outside 127.0.0.0/8 and ::1 it needs --web.token-file"
+LISTEN_HELP = (
+    "host:port to listen on; outside 127.0.0.0/8 and ::1 it needs --web.token-file or a "
+    "--web.config.file that requires credentials"
+)
 """The help of every listener's `--web.listen-address`."""
 TOKEN_HELP = "file holding the bearer token that the mutating routes require"  # noqa: S105
 """The help of every listener's `--web.token-file`."""

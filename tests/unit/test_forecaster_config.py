@@ -135,7 +135,7 @@ def test_main_exits_2_naming_the_key_on_invalid_config(capsys):
 @pytest.mark.fault("H1", "H2")
 def test_main_refuses_a_non_loopback_listener_without_a_token(capsys):
     assert main(["--web.listen-address", "0.0.0.0:9465"], {}) == 2
-    assert "without a token" in capsys.readouterr().err
+    assert "without credentials" in capsys.readouterr().err
 
 
 def test_check_config_validates_and_exits_0(capsys):
