@@ -21,6 +21,10 @@ the critical threshold within 8 h as more likely than both the served forecast a
 probability, the ramp's fan is served instead (method "ramp"), so that the breach probability,
 the time to breach and the fan a user sees all tell the same story. Alone the projection is no
 better than predict_linear; the gates are what lift its precision (docs/RAMP-study.md).
+With `RampRule.knee_steps`, the fan served where the line took over is the line with one
+bend's (`hinge_fit`) where that warns too: the line through a leak that began inside its
+window starts below the current value and rises too slowly; the bent one follows the ramp's
+recent pace, while the decision, and so the alerts, stay the straight line's.
 """
 
 from __future__ import annotations
@@ -54,15 +58,29 @@ def ramp_forecast(
     season: int = SEASON_STEPS,
     seasons: int = 3,
     min_sd: float = MIN_SD,
+    knee: int = 0,
 ) -> np.ndarray:
     """(N, horizon, len(quantiles)) ramp projections of the (N, L) histories `y` (oldest
-    first, NaN where not observed); see the module docstring."""
+    first, NaN where not observed); see the module docstring. `knee` > 0 fits a line with one
+    bend instead where it explains the window better (`hinge_fit`): the last `knee` steps at
+    least lie after the bend."""
     y = np.asarray(y, dtype=np.float64)
     n, length = y.shape
     out = np.full((n, horizon, len(quantiles)), np.nan)
     width = min(window, length)
     if n == 0 or width < 3:
         return out
+    if knee > 0:
+        return _hinge_forecast(
+            y,
+            horizon,
+            quantiles,
+            width=width,
+            knee=knee,
+            season=season,
+            seasons=seasons,
+            min_sd=min_sd,
+        )
     if seasons > 0:
         usual = _usual_day(y, horizon, season, seasons)  # (N, L + horizon), NaN where unknown
     else:  # no detrending: a plain linear trend on the value
@@ -109,6 +127,7 @@ class RampRule:
     seasons: int = 3  # earlier days the usual day is the median of (0: fit the value itself)
     probability: float = 0.0  # it serves only where its breach probability is above this
     warmup_steps: int = WARMUP_STEPS  # it serves only for series observed at least this long
+    knee_steps: int = 0  # > 0: the fan served is the bent line's (`hinge_fit`), where it warns
 
 
 def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
@@ -125,6 +144,7 @@ def ramp_rules(config: Config, step: int) -> dict[str, RampRule]:
                 pace_steps=max(2, pace) if pace else 0,
                 seasons=3 if settings.ramp_detrend else 0,
                 probability=settings.warning,
+                knee_steps=int(settings.ramp_knee // step),
             )
     return rules
 
@@ -164,7 +184,134 @@ def ramp_takeover(
     take[rows] = (ramp_p[rule.window] > served_p[rule.window]) & (
         ramp_p[rule.window] > rule.probability
     )
+    if rule.knee_steps > 0:
+        _bend(y, fan, take, rule, quantiles=quantiles, step=step)
     return fan, take
+
+
+def _bend(
+    y: np.ndarray,
+    fan: np.ndarray,
+    take: np.ndarray,
+    rule: RampRule,
+    *,
+    quantiles: Sequence[float],
+    step: int,
+) -> None:
+    """Where the straight line took over, serve the bent line's fan instead (in place) if it
+    warns too: it starts at the current level and follows the ramp's recent pace, where the
+    line through a hockey stick starts below the current value and rises too slowly. Which
+    rows take over is the straight line's decision (the bent line alone raised twenty times
+    the false alerts, docs/RAMP-study.md, stop 24), so the warnings are the same either way."""
+    rows = np.flatnonzero(take)
+    if rows.size == 0:
+        return
+    bent = ramp_forecast(
+        y[rows],
+        fan.shape[1],
+        quantiles,
+        window=rule.window_steps,
+        seasons=rule.seasons,
+        knee=rule.knee_steps,
+    )
+    finite = np.isfinite(bent).all(axis=(1, 2))
+    bent_p, _ = breach_outlook(np.where(finite[:, None, None], bent, -np.inf), rule.threshold, step)
+    use = finite & (bent_p[rule.window] > rule.probability)
+    fan[rows[use]] = bent[use]
+
+
+def hinge_fit(
+    d: np.ndarray, knee: int, *, every: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The better of a line and a line with one bend, fitted to each row of `d` (N, W; NaN
+    where not observed), by the Bayesian information criterion.
+
+    The bend model is y = a + b x + c max(0, x - k) (continuous, 4 parameters with the bend k
+    searched every `every` steps such that at least `knee` steps lie after it, and `knee`
+    before it); the line is y = a + b x (2 parameters). Returns (beta (N, 3): a, b, c; the
+    bend k (N,), `W` for the line, where c = 0; the inverse of X'X (N, 3, 3) for the interval;
+    the residual sum of squares (N,)). A leak that began inside the window is a hockey stick:
+    the line through it is too shallow and starts below the current value, the bend is not.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    n, width = d.shape
+    seen = np.isfinite(d)
+    w = seen.astype(np.float64)
+    v = np.where(seen, d, 0.0)
+    x = np.arange(width, dtype=np.float64)
+    knees = np.arange(knee, width - knee + 1, every, dtype=np.float64)
+    bends = np.concatenate([knees, [float(width)]])  # the last "bend" is the plain line
+    h = np.maximum(0.0, x[None, :] - bends[:, None])  # (K, W)
+    design = np.stack([np.ones_like(h), np.broadcast_to(x, h.shape), h], axis=-1)  # (K, W, 3)
+    xtx = np.einsum("nw,kwi,kwj->nkij", w, design, design)
+    xty = np.einsum("nw,kwi->nki", v, design)
+    line = xtx.shape[1] - 1
+    xtx[:, line, 2, 2] = 1.0  # the line has no bend term: c = 0 via an identity row
+    xtx[:, line, 2, :2] = xtx[:, line, :2, 2] = 0.0
+    xty[:, line, 2] = 0.0
+    det = np.linalg.det(xtx)
+    usable = np.abs(det) > 1e-9
+    safe = np.where(usable[..., None, None], xtx, np.eye(3))
+    inverse = np.linalg.inv(safe)
+    beta = np.einsum("nkij,nkj->nki", inverse, xty)
+    fitted = np.einsum("kwi,nki->nkw", design, beta)
+    rss = (w[:, None, :] * (v[:, None, :] - fitted) ** 2).sum(axis=-1)
+    count = np.maximum(w.sum(axis=1), 1.0)
+    params = np.where(np.arange(bends.size) == line, 2.0, 4.0)
+    bic = count[:, None] * np.log(np.maximum(rss, 1e-18) / count[:, None]) + params * np.log(
+        count[:, None]
+    )
+    bic = np.where(usable, bic, np.inf)
+    best = np.argmin(bic, axis=1)
+    rows = np.arange(n)
+    return beta[rows, best], bends[best], inverse[rows, best], rss[rows, best]
+
+
+def _hinge_forecast(
+    y: np.ndarray,
+    horizon: int,
+    quantiles: Sequence[float],
+    *,
+    width: int,
+    knee: int,
+    season: int,
+    seasons: int,
+    min_sd: float,
+) -> np.ndarray:
+    """`ramp_forecast` with `hinge_fit` in place of the straight line: the forecast follows the
+    slope after the bend, with the least-squares prediction interval of the bend model
+    (sd_k = s * sqrt(1 + f_k' (X'X)^-1 f_k), the bend taken as known)."""
+    n, length = y.shape
+    out = np.full((n, horizon, len(quantiles)), np.nan)
+    if seasons > 0:
+        usual = _usual_day(y, horizon, season, seasons)
+        tail = slice(length - width, length + horizon)
+        known = np.isfinite(usual[:, tail]).all(axis=1)
+        usual = np.where(known[:, None], usual, 0.0)
+    else:
+        usual = np.zeros((n, length + horizon))
+    deviation = y[:, length - width :] - usual[:, length - width : length]
+    beta, bend, inverse, rss = hinge_fit(deviation, min(knee, max(1, width // 3)))
+    count = np.isfinite(deviation).sum(axis=1).astype(np.float64)
+    params = np.where(bend < width, 3.0, 2.0)
+    sd = np.maximum(np.sqrt(rss / np.maximum(count - params, 1.0)), min_sd)
+    future = width - 1 + np.arange(1, horizon + 1, dtype=np.float64)
+    rows = np.stack(
+        [
+            np.ones((n, horizon)),
+            np.broadcast_to(future, (n, horizon)),
+            np.maximum(0.0, future[None, :] - bend[:, None]),
+        ],
+        axis=-1,
+    )  # (N, H, 3)
+    centre = usual[:, length:] + np.einsum("nhi,ni->nh", rows, beta)
+    lever = np.einsum("nhi,nij,nhj->nh", rows, inverse, rows)
+    spread = sd[:, None] * np.sqrt(1.0 + np.maximum(lever, 0.0))
+    z = np.array([NormalDist().inv_cdf(q) for q in quantiles])
+    values = centre[:, :, None] + spread[:, :, None] * z[None, None, :]
+    good = count >= max(3, width // 2)
+    out[good] = values[good]
+    return out
 
 
 def paced(y: np.ndarray, steps: int, horizon: int, threshold: float) -> np.ndarray:

@@ -60,17 +60,20 @@ def ramp_probability(
     held: int,
     paces: tuple[int, ...] = PACES,
     seasons: int = 3,
+    knee: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """(N, origins) 8 h breach probability of the ramp outlook at each origin column, the
     deviation's z (`deviation_z`) and each pace gate (`paced`), from the last `held` steps
     (the service's history); `seasons` 0 fits the value itself, not its deviation from the
-    usual day."""
+    usual day; `knee` > 0 fits a line with one bend (`forecaster.trend.hinge_fit`)."""
     out = np.full((y.shape[0], columns.size), np.nan)
     z = np.full((y.shape[0], columns.size), np.nan)
     pace = {p: np.ones((y.shape[0], columns.size), dtype=bool) for p in paces}
     for k, c in enumerate(columns):
         history = y[:, max(0, c + 1 - held) : c + 1]
-        projected = ramp_forecast(history, HORIZON_STEPS, QUANTILES, window=window, seasons=seasons)
+        projected = ramp_forecast(
+            history, HORIZON_STEPS, QUANTILES, window=window, seasons=seasons, knee=knee
+        )
         probability, _ = breach_outlook(np.nan_to_num(projected, nan=-np.inf), critical, step)
         out[:, k] = np.where(np.isfinite(projected).all(axis=(1, 2)), probability["8h"], 0.0)
         z[:, k] = deviation_z(history, recent=window)
@@ -138,21 +141,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for quantity in quantities:
         critical = thresholds[quantity]
 
-        def signal_of(y, columns, window, critical=critical):
+        def signal_of(y, columns, fit, critical=critical):
             return ramp_probability(
                 y,
                 columns,
                 critical,
-                window,
+                fit[0],
                 step=step,
                 held=held,
                 paces=tuple(args.paces),
                 seasons=args.seasons,
+                knee=fit[1],
             )
 
         picks = []
         t_y = tune.grid.column(quantity)
-        for window in args.windows:
+        for window in ((w, k) for w in args.windows for k in args.knees):
             signal = signal_of(t_y, t_cols, window)
             chosen, score = _choose(
                 signal,
@@ -176,14 +180,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         firing = ramp_firing(signal, e_y[:, e_cols], chosen, critical=critical, step=step)
         score = ar.score(firing, e_times, data.events(quantity))
         result["ramp"][quantity] = {
-            "window_steps": window,
+            "window_steps": window[0],
+            "knee_steps": window[1],
             **chosen,
             "tuning": _brief(tuning.summary()),
             "evaluation": _brief(score.summary()),
-            "tuning_by_window": {w: _brief(s.summary()) for s, w, _ in picks},
+            "tuning_by_window": {f"{w}/{k}": _brief(s.summary()) for s, (w, k), _ in picks},
         }
         log.info(
-            "%s: window %d %s tuning %s evaluation %s",
+            "%s: window/knee %s %s tuning %s evaluation %s",
             quantity,
             window,
             chosen,
@@ -218,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", nargs="+", type=int, default=list(WINDOWS), help="fit steps")
     parser.add_argument(
         "--levels", nargs="+", type=float, default=list(LEVELS), help="level gate factors"
+    )
+    parser.add_argument(
+        "--knees",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="steps after a fitted bend, at least (0: a straight line; forecaster.trend.hinge_fit)",
     )
     parser.add_argument("--paces", nargs="+", type=int, default=list(PACES), help="pace gates")
     parser.add_argument("--zs", nargs="+", type=float, default=list(ZS), help="deviation gates")

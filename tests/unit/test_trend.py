@@ -15,6 +15,7 @@ from forecaster.trend import (
     MIN_SD,
     WARMUP_STEPS,
     RampRule,
+    hinge_fit,
     observed_for,
     ramp_forecast,
     ramp_rules,
@@ -64,6 +65,54 @@ def test_too_little_history_or_no_rows_give_nan_not_errors() -> None:
     assert np.isnan(ramp_forecast(y, 12, QUANTILES, window=72)).all()
     assert ramp_forecast(np.zeros((0, 50)), 12, QUANTILES, window=72).shape == (0, 12, 3)
     assert np.isnan(ramp_forecast(np.zeros((1, 2)), 12, QUANTILES, window=72)).all()
+
+
+def _hockey_stick(flat: int, rising: int, slope: float, noise: float = 0.002) -> np.ndarray:
+    """(1, flat + rising): level 0.6 with a little noise, then a ramp of `slope` per step."""
+    rng = np.random.default_rng(3)
+    y = 0.6 + noise * rng.standard_normal(flat + rising)
+    y[flat:] += slope * np.arange(1, rising + 1)
+    return y[None, :]
+
+
+def test_the_bent_line_finds_where_a_ramp_began_and_follows_its_pace() -> None:
+    y = _hockey_stick(60, 12, 0.0125)  # 5 h level, then 1 h rising 0.15 per hour
+    beta, bend, _, _ = hinge_fit(y, 6)
+    assert 57 <= bend[0] <= 63
+    assert beta[0, 1] + beta[0, 2] == pytest.approx(0.0125, rel=0.15)  # the pace after the bend
+    bent = ramp_forecast(y, 96, QUANTILES, window=72, seasons=0, knee=12)
+    line = ramp_forecast(y, 96, QUANTILES, window=72, seasons=0)
+    last = y[0, -1]
+    assert abs(bent[0, 0, 1] - last) < 0.02 < last - line[0, 0, 1]  # the line starts below
+    assert bent[0, 11, 1] == pytest.approx(last + 12 * 0.0125, abs=0.02)
+
+
+def test_a_straight_ramp_keeps_the_straight_line_and_gaps_are_left_out() -> None:
+    y = 0.4 + 0.002 * np.arange(72)[None, :]
+    _, bend, _, _ = hinge_fit(y + 1e-4 * np.sin(np.arange(72)), 6)
+    assert bend.tolist() == [72.0]  # no bend pays for its two parameters
+    gappy = _hockey_stick(60, 12, 0.0125)
+    gappy[0, 10:30] = np.nan
+    bent = ramp_forecast(gappy, 24, QUANTILES, window=72, seasons=0, knee=12)
+    assert np.isfinite(bent).all() and np.all(np.diff(bent[0], axis=-1) > 0)
+    unseen = np.full((1, 72), np.nan)
+    assert np.isnan(ramp_forecast(unseen, 24, QUANTILES, window=72, knee=12)).all()
+
+
+def test_with_a_knee_the_same_rows_take_over_and_the_fan_starts_at_the_current_value() -> None:
+    y = np.hstack([np.full((1, 2 * SEASON_STEPS), 0.6), _hockey_stick(40, 36, 0.008)])
+    rule = RampRule(window_steps=72, level=0.0, threshold=0.95, pace_steps=12, probability=0.9)
+    served = np.full((1, 96, 3), 0.6)
+    line, take = ramp_takeover(y, served, rule, QUANTILES, 300)
+    bent, bent_take = ramp_takeover(y, served, replace(rule, knee_steps=12), QUANTILES, 300)
+    assert take.tolist() == bent_take.tolist() == [True]  # the line decides; the alerts agree
+    last = y[0, -1]
+    assert abs(bent[0, 0, 1] - last) < 0.02 < last - line[0, 0, 1]
+    p_bent, ttb_bent = breach_outlook(bent, 0.95, 300)
+    _, ttb_line = breach_outlook(line, 0.95, 300)
+    assert p_bent["8h"][0] > 0.9 and ttb_bent[0] < ttb_line[0]  # the ramp's own pace: sooner
+    actual = (0.95 - last) / 0.008 * 300  # seconds until this ramp passes 0.95
+    assert abs(ttb_bent[0] - actual) <= 900
 
 
 RULE = RampRule(window_steps=72, level=0.8, threshold=0.95)
