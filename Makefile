@@ -17,12 +17,13 @@ DAEMON_PATTERN := ^/usr/bin/prometheus
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test install apt lint clean model dashboards rules evaluation bench faults
+.PHONY: help demo test install apt lint clean model dashboards rules evaluation bench faults soak
 
 help:
 	@echo "make demo     install what is missing, then start the demo stack (python -m stack demo)"
 	@echo "make test     install what is missing, then run every test"
 	@echo "make faults   the fault catalogue as one stage (pytest -m fault), ending with its count"
+	@echo "make soak     the 10-minute soak of the real forecaster under load (catalogue F5)"
 	@echo "make install  Debian packages + virtual environment $(VENV) with the project"
 	@echo "make apt      only the Debian packages: $(APT_PACKAGES)"
 	@echo "make lint     ruff check, ruff format --check, lint-imports, mypy"
@@ -33,14 +34,15 @@ help:
 
 # With a running Docker engine (and `secrets/` prepared as the README says) the demo is the
 # docker-compose stack, Grafana included; without one (or with DEMO=local) it is the local stack
-# of real binaries on 127.0.0.1.
+# of real binaries on 127.0.0.1. Ctrl-C is how a demo ends: the stack then stops every process
+# and exits with 130 (128 + SIGINT), which is not a failure of `make demo` (no "Error 130").
 DEMO ?= auto
 demo: install
 	@if [ "$(DEMO)" != local ] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
 		echo "demo: Docker engine found: docker compose up --build (Grafana http://127.0.0.1:3000)"; \
-		docker compose up --build; \
+		docker compose up --build || [ $$? -eq 130 ]; \
 	else \
-		$(VENV_PY) -m stack demo; \
+		$(VENV_PY) -m stack demo || [ $$? -eq 130 ]; \
 	fi
 
 test: install
@@ -50,7 +52,12 @@ test: install
 # `fault` markers, then every tagged test runs; the last line counts scenarios and tests.
 faults: install
 	$(VENV_PY) -m tools.reliability --check
-	$(VENV_PY) -m pytest -m fault -p no:cacheprovider
+	$(VENV_PY) -m pytest -m "fault and not soak" -p no:cacheprovider
+
+# The soak (catalogue F5) as its own stage: the real forecaster under load for 10 minutes
+# (SOAK_SECONDS to change it); `python -m tools.soak --report docs/SOAK.md` for a long run.
+soak: install
+	$(VENV_PY) -m pytest -m soak -p no:cacheprovider -s
 
 install: apt $(STAMP)
 
