@@ -126,12 +126,18 @@ class TLSClientSettings(_Section):
 class PrometheusSettings(_Section):
     """Where history comes from."""
 
-    url: str = "http://127.0.0.1:9090"
-    timeout: Duration = 30.0
-    bearer_token_file: Path | None = None
-    retries: int = Field(3, ge=0, le=10)
-    max_samples_per_request: int = Field(250_000, ge=1000)
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    url: str = Field("http://127.0.0.1:9090", description="base URL of the Prometheus queried")
+    timeout: Duration = Field(30.0, description="timeout of each request to Prometheus")
+    bearer_token_file: Path | None = Field(
+        None, description="file holding the bearer token sent to Prometheus"
+    )
+    retries: int = Field(3, ge=0, le=10, description="retries of a failed request (0-10)")
+    max_samples_per_request: int = Field(
+        250_000, ge=1000, description="samples per range query at most; a longer one is split"
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="answers larger than this many bytes are refused"
+    )
     tls_config: TLSClientSettings = TLSClientSettings()
 
     @model_validator(mode="after")
@@ -149,9 +155,13 @@ class WebSettings(_Section):
     listen_address: str = Field("127.0.0.1:9465", description=LISTEN_HELP)
     token_file: Path | None = Field(None, description=TOKEN_HELP)
     config_file: Path | None = Field(None, description=WEB_CONFIG_HELP)
-    max_body_bytes: int = Field(1024 * 1024, ge=1024)
-    ws_max_clients: int = Field(250, ge=1)
-    ws_queue: int = Field(8, ge=1)
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="request bodies larger than this many bytes are refused"
+    )
+    ws_max_clients: int = Field(250, ge=1, description="WebSocket clients served at most")
+    ws_queue: int = Field(
+        8, ge=1, description="messages queued per WebSocket client before it is dropped"
+    )
 
     @model_validator(mode="after")
     def _address(self) -> WebSettings:
@@ -168,46 +178,92 @@ class WebSettings(_Section):
 class CycleSettings(_Section):
     """The forecast cycle."""
 
-    interval: Duration = 60.0
-    stale_after: Duration = 1800.0
-    max_series: int = Field(10_000, ge=1)
-    warmup_steps: int = Field(36, ge=1)
+    interval: Duration = Field(60.0, description="time between the starts of two cycles")
+    stale_after: Duration = Field(
+        1800.0,
+        description="forecasts older than this are withdrawn; instances silent as long are "
+        "forgotten",
+    )
+    max_series: int = Field(
+        10_000,
+        ge=1,
+        description="instances held at most (the excess is counted in "
+        'forecaster_dropped_series_total{reason="max_series"})',
+    )
+    warmup_steps: int = Field(
+        36, ge=1, description="5-minute steps of history before the TFT serves an instance"
+    )
 
 
 class GuardSettings(_Section):
     """Per-series weighting of the TFT and the baselines by their scores (`forecaster.guard`)."""
 
-    enabled: bool = True  # False: the TFT wherever it serves, the heuristic elsewhere
-    history: Duration = 3 * 86_400.0  # history held per series: >= 2 seasons for the backtest
-    backfill_chunk: Duration = 12 * 3_600.0  # older history fetched per cycle until it is held
-    spacing: Duration = 3_600.0  # between recorded (and backtested) forecast origins
-    memory: int = Field(96, ge=4, le=1_000)  # scored samples kept per series and horizon band
-    min_samples: int = Field(12, ge=1)  # samples before a method is chosen or a band moved
-    power: float = Field(2.0, ge=0.0, le=64.0)  # baselines among them: weight = loss ** -power
-    model_power: float = Field(8.0, ge=0.0, le=64.0)  # model vs the best baseline, likewise
-    half_life: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 0.0  # 0: equal
-    per_slot: bool = True  # losses relative to each target's mean over methods (spike-robust)
-    calibration_prior: float = Field(24.0, ge=0.0)  # band shift x n / (n + prior)
-    bootstrap_origins: int = Field(24, ge=0, le=1_000)  # past origins backtested at start
-    bootstrap_per_cycle: int = Field(4, ge=1)  # of them per cycle (bounds a cycle's cost)
+    enabled: bool = Field(
+        True, description="false: the TFT wherever it serves, the heuristic elsewhere"
+    )
+    history: Duration = Field(
+        3 * 86_400.0, description="history held per series (at least 2 seasons for the backtest)"
+    )
+    backfill_chunk: Duration = Field(
+        12 * 3_600.0, description="older history fetched per cycle until it is held"
+    )
+    spacing: Duration = Field(
+        3_600.0, description="time between recorded (and backtested) forecast origins"
+    )
+    memory: int = Field(
+        96, ge=4, le=1_000, description="scored samples kept per series and horizon band"
+    )
+    min_samples: int = Field(
+        12, ge=1, description="scored samples before a method is chosen or a band moved"
+    )
+    power: float = Field(
+        2.0, ge=0.0, le=64.0, description="weight of the baselines among them: loss ** -power"
+    )
+    model_power: float = Field(
+        8.0,
+        ge=0.0,
+        le=64.0,
+        description="weight of the model against the best baseline: loss ** -model_power",
+    )
+    half_life: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = Field(
+        0.0, description="losses weighted 0.5 ** (age / half life); 0: equal weights"
+    )
+    per_slot: bool = Field(
+        True, description="losses relative to each target's mean over methods (spike-robust)"
+    )
+    calibration_prior: float = Field(
+        24.0, ge=0.0, description="a band is shifted by its scored bias x n / (n + prior)"
+    )
+    bootstrap_origins: int = Field(
+        24, ge=0, le=1_000, description="past forecast origins backtested at start"
+    )
+    bootstrap_per_cycle: int = Field(
+        4, ge=1, description="of those origins, backtested per cycle (bounds a cycle's cost)"
+    )
 
 
 class ModelSettings(_Section):
     """Which model serves, on what device."""
 
-    dir: Path = Path("models")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0)  # 0: torch's default
-    batch_size: int = Field(256, ge=1)
-    reload_interval: Duration = 30.0
-    enabled: bool = True  # False: heuristic only, torch never imported
+    dir: Path = Field(Path("models"), description="the model registry directory")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="torch device: auto, cpu or cuda"
+    )
+    threads: int = Field(0, ge=0, description="torch threads (0: torch's default)")
+    batch_size: int = Field(256, ge=1, description="instances per forward pass")
+    reload_interval: Duration = Field(
+        30.0, description="how often the registry's current-model pointer is polled"
+    )
+    enabled: bool = Field(True, description="false: heuristic only, torch never imported")
 
 
 class ShardSettings(_Section):
     """This replica's share of the fleet: instances whose hash % count == index."""
 
-    index: int = Field(0, ge=0)
-    count: int = Field(1, ge=1, le=1024)
+    index: int = Field(
+        0, ge=0, description="this replica's share: the instances whose hash % count == index"
+    )
+    count: int = Field(1, ge=1, le=1024, description="replicas sharing the fleet (1-1024)")
 
     @model_validator(mode="after")
     def _index(self) -> ShardSettings:
@@ -219,11 +275,16 @@ class ShardSettings(_Section):
 class StateSettings(_Section):
     """Where the last snapshot is persisted so a restart serves it at once."""
 
-    dir: Path | None = Path("forecaster-state")
+    dir: Path | None = Field(
+        Path("forecaster-state"),
+        description="where the last snapshot is persisted, so that a restart serves it at once",
+    )
 
 
 class LogSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="log level: debug, info, warning or error"
+    )
 
 
 class CustomQuantity(_Section):
@@ -358,7 +419,11 @@ class Config(_Section):
     shard: ShardSettings = ShardSettings()
     state: StateSettings = StateSettings()
     log: LogSettings = LogSettings()
-    contract_file: Path | None = None
+    contract_file: Path | None = Field(
+        None,
+        description="a data contract file instead of forecaster/contract_v1.yaml (default: the "
+        "packaged v1)",
+    )
     quantities: tuple[str, ...] | None = None  # forecast targets; None: the contract's
     covariates: tuple[str, ...] | None = None  # None: the contract's covariates
     custom_quantities: dict[str, CustomQuantity] = Field(default_factory=dict)
@@ -522,6 +587,48 @@ def describe(root: type[BaseModel], path: str) -> str | None:
     return model.model_fields[leaf].description
 
 
+def format_duration(seconds: float) -> str:
+    """A Prometheus duration string of whole `seconds`, largest units first: `1m`, `1h30m`, `7d`;
+    `parse_duration` reads it back."""
+    if seconds == 0:
+        return "0s"
+    rest, parts = int(seconds), []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts) if float(seconds) == int(seconds) else f"{seconds:g}s"
+
+
+def _shown(value: Any, duration: bool) -> str:
+    """A default as a flag would take it: `none`, `true`, `1m`, `2`, `models`."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if duration:
+        return format_duration(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def flag_help(root: type[BaseModel], path: str) -> str:
+    """The `--help` text of the setting at dotted `path` of `root`: its description and, unless
+    the description names it, its default (`... (default: 1m)`), escaped for argparse."""
+    model = root
+    *parents, leaf = path.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation  # type: ignore[assignment]
+    info = model.model_fields[leaf]
+    text = info.description or ""
+    if "(default:" not in text:
+        duration = any(getattr(m, "func", None) is parse_duration for m in info.metadata)
+        default = _shown(info.get_default(call_default_factory=True), duration)
+        text = f"{text} (default: {default})".lstrip()
+    return text.replace("%", "%%")
+
+
 def _flag(path: str) -> str:
     return "--" + path.replace("_", "-")
 
@@ -531,16 +638,27 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m forecaster",
         description="Forecast node_exporter metrics from Prometheus and export the forecasts.",
     )
-    parser.add_argument("--config.file", dest="config_file", metavar="PATH")
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="PATH",
+        help=f"the YAML file of the settings, also {ENV_PREFIX}CONFIG_FILE (default: none)",
+    )
     parser.add_argument(
         "--check-config", action="store_true", help="validate the configuration and exit"
     )
+    aliases = {
+        path: [f"--{alias}" for alias, p in FLAG_ALIASES.items() if p == path] for path in LEAVES
+    }
     for path in LEAVES:
         parser.add_argument(
-            _flag(path), dest=path, metavar="VALUE", default=None, help=describe(Config, path)
+            _flag(path),
+            *aliases[path],
+            dest=path,
+            metavar="VALUE",
+            default=None,
+            help=flag_help(Config, path),
         )
-    for alias, path in FLAG_ALIASES.items():
-        parser.add_argument(f"--{alias}", dest=path, metavar="VALUE", default=None)
     return parser
 
 

@@ -1,9 +1,12 @@
 """An exclusive, non-blocking lock on a work directory, so two stacks never share one.
 
 The lock is an `fcntl.flock` on a file next to the directory (the directory itself is wiped at
-start). The kernel drops it when its holder exits, however it exits, so a stale lock file never
-blocks anyone. The file holds the holder's PID for the error message and is left in place:
-deleting a lock file races with a process that has just opened it.
+start). The kernel drops it when its holder exits, however it exits, so the file a crashed
+stack leaves behind never blocks anyone: the next stack locks it and takes it over. The file
+holds the holder's PID for the error message. A clean stop removes it, while still holding the
+lock; a process that opened the file just before that removal may then lock the removed file,
+so every locker checks, once it holds the lock, that the path still names the file it locked,
+and otherwise starts again on the new one.
 """
 
 from __future__ import annotations
@@ -31,16 +34,21 @@ class WorkdirLock:
 
     def __enter__(self) -> WorkdirLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StackError(
-                f"another stack is already running in {self._workdir} (pid {holder}, lock"
-                f" {self.path}); stop it with Ctrl-C or `kill {holder}`, or pass another --workdir"
-            ) from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise StackError(
+                    f"another stack is already running in {self._workdir} (pid {holder}, lock"
+                    f" {self.path}); stop it with Ctrl-C or `kill {holder}`, or pass another"
+                    " --workdir"
+                ) from None
+            if self._names(fd):
+                break
+            os.close(fd)  # its holder removed the file after we opened it: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -53,7 +61,17 @@ class WorkdirLock:
         traceback: TracebackType | None,
     ) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            if self._names(self._fd):
+                self.path.unlink(missing_ok=True)  # before unlocking: see the module's docstring
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    def _names(self, fd: int) -> bool:
+        """Whether the lock path still names the file open as `fd`."""
+        try:
+            named = self.path.stat()
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)

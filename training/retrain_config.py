@@ -40,7 +40,7 @@ from pydantic import (
 from forecaster.config import (
     ConfigError,
     PrometheusSettings,
-    describe,
+    flag_help,
     layered,
     parse_duration,
     validated,
@@ -90,21 +90,30 @@ class WebSettings(_Section):
 class ModelsSettings(_Section):
     """The registry the candidates are written to."""
 
-    dir: Path = Path("models")
+    dir: Path = Field(Path("models"), description="the registry the candidates are written to")
 
 
 class TrainSettings(_Section):
     """Passed to the `python -m training.train` child."""
 
-    hidden_size: int = Field(16, ge=1, le=1024)
-    batch_size: int = Field(64, ge=1, le=65536)
-    batches_per_epoch: int = Field(50, ge=1)
-    max_epochs: int = Field(100, ge=1)
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    normalisation: Literal["mean", "last"] = "mean"
-    excursion_weight: float = Field(0.0, ge=0)
-    targets: Annotated[tuple[str, ...] | None, BeforeValidator(_csv)] = None
+    hidden_size: int = Field(16, ge=1, le=1024, description="hidden size of the trained TFT")
+    batch_size: int = Field(64, ge=1, le=65536, description="training windows per batch")
+    batches_per_epoch: int = Field(50, ge=1, description="training batches per epoch")
+    max_epochs: int = Field(100, ge=1, description="training epochs at most")
+    seed: int = Field(42, description="random seed of the training run")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="torch device of the training child: auto, cpu or cuda"
+    )
+    normalisation: Literal["mean", "last"] = Field(
+        "mean",
+        description="centre each window on its mean (the library's default) or on its last value",
+    )
+    excursion_weight: float = Field(
+        0.0, ge=0, description="extra loss weight on steps far from their recent normal (0: none)"
+    )
+    targets: Annotated[tuple[str, ...] | None, BeforeValidator(_csv)] = Field(
+        None, description="comma-separated quantities to train (default: the contract's targets)"
+    )
 
     @field_validator("targets")
     @classmethod
@@ -121,12 +130,25 @@ class TrainSettings(_Section):
 class GateSettings(_Section):
     """Promotion thresholds (training.gates)."""
 
-    tolerance: float = Field(0.05, ge=0, le=10)
-    baseline: str = "seasonal_naive_24h"
-    baseline_tolerance: float = Field(0.0, ge=0, le=10)
-    coverage_min: float = Field(0.70, ge=0, le=1)
-    coverage_max: float = Field(0.90, ge=0, le=1)
-    origin_every: Duration = 7200.0
+    tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=10,
+        description="the candidate's NQL at most (1 + this) x the current model's",
+    )
+    baseline: str = Field(
+        "seasonal_naive_24h", description="the baseline the candidate must not lose to"
+    )
+    baseline_tolerance: float = Field(
+        0.0, ge=0, le=10, description="the candidate's NQL at most (1 + this) x the baseline's"
+    )
+    coverage_min: float = Field(
+        0.70, ge=0, le=1, description="the candidate's p10-p90 coverage at least"
+    )
+    coverage_max: float = Field(0.90, ge=0, le=1, description="its p10-p90 coverage at most")
+    origin_every: Duration = Field(
+        7200.0, description="time between backtest origins on the holdout (a multiple of 5m)"
+    )
 
     @field_validator("baseline")
     @classmethod
@@ -153,31 +175,44 @@ class GateSettings(_Section):
 
 
 class LogSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="log level: debug, info, warning or error"
+    )
 
 
 class RetrainConfig(_Section):
     """Every setting of `python -m training.retrain`."""
 
     prometheus: PrometheusSettings = PrometheusSettings()
-    data: Path | None = None  # parquet history instead of Prometheus (tests, offline use)
+    data: Path | None = Field(
+        None, description="parquet history read instead of Prometheus (tests, offline use)"
+    )
     models: ModelsSettings = ModelsSettings()
     web: WebSettings = WebSettings()
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()
     log: LogSettings = LogSettings()
-    interval: Duration = 7 * 86400.0
+    interval: Duration = Field(
+        7 * 86400.0, description="how often a run starts (also POST /retrain)"
+    )
     first_run_after: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = Field(
         7 * 86400.0,
         description="with no run recorded, start the first as soon as Prometheus holds this "
         "much history (checked hourly); 0s: one interval after start-up",
     )
-    history: Duration = 14 * 86400.0
-    holdout: Duration = 86400.0
-    max_minutes: float = Field(18.0, gt=0, le=24 * 60)
-    threads: int = Field(1, ge=1, le=256)
-    nice: int = Field(10, ge=0, le=19)
-    once: bool = False
+    history: Duration = Field(14 * 86400.0, description="history pulled per run")
+    holdout: Duration = Field(
+        86400.0,
+        description="latest window held out for the gate (a multiple of 5m, at least one horizon)",
+    )
+    max_minutes: float = Field(
+        18.0, gt=0, le=24 * 60, description="time box of the training child, in minutes"
+    )
+    threads: int = Field(1, ge=1, le=256, description="threads of the training child")
+    nice: int = Field(10, ge=0, le=19, description="niceness of the training child (0-19)")
+    once: bool = Field(
+        False, description="run one retrain and exit (0 promoted, 1 rejected or failed)"
+    )
 
     @field_validator("holdout")
     @classmethod
@@ -220,16 +255,33 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m training.retrain",
         description="Retrain the TFT on schedule; promote a candidate only past the gate.",
     )
-    parser.add_argument("--config.file", dest="config_file", metavar="PATH")
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="PATH",
+        help=f"the YAML file of the settings, also {ENV_PREFIX}CONFIG_FILE (default: none)",
+    )
     for path in LEAVES:
         flag = "--" + path.replace("_", "-")
         if path in BOOLEAN_FLAGS:
-            parser.add_argument(flag, dest=path, action="store_const", const=True, default=None)
-        else:
             parser.add_argument(
-                flag, dest=path, metavar="VALUE", default=None, help=describe(RetrainConfig, path)
+                flag,
+                dest=path,
+                action="store_const",
+                const=True,
+                default=None,
+                help=RetrainConfig.model_fields[path].description,
             )
-    parser.add_argument("--web.config.file", dest="web.config_file", metavar="VALUE", default=None)
+        else:
+            aliases = ["--web.config.file"] if path == "web.config_file" else []
+            parser.add_argument(
+                flag,
+                *aliases,
+                dest=path,
+                metavar="VALUE",
+                default=None,
+                help=flag_help(RetrainConfig, path),
+            )
     return parser
 
 

@@ -243,6 +243,37 @@ def test_forecast_alerts_query_the_exported_metric_of_their_quantity() -> None:
         assert names == {expected}, rule_id(rule)
 
 
+@pytest.mark.parametrize("rule", forecast_rules(), ids=rule_id)
+def test_forecast_alert_says_already_past_when_the_current_value_is(rule: dict[str, Any]) -> None:
+    """Summary and description compare the contract's recording rule of the quantity (its current
+    value) with the critical threshold, and keep the forecast wording otherwise."""
+    quantity, record = quantity_of(rule), load_contract()[quantity_of(rule)].record
+    threshold = f'scalar(max(forecaster_threshold{{quantity="{quantity}",level="critical"}}))'
+    for key in ("summary", "description"):
+        text = rule["annotations"][key]
+        assert "is already past its critical threshold (value {{ first . | value |" in text, key
+        selectors = re.findall(r'max\(\{__name__=~"([^"]+)",instance=%q\}\) > (\S+)`', text)
+        assert selectors, f"{rule_id(rule)} {key} does not query the current value"
+        for selector, compared in selectors:
+            assert re.fullmatch(selector, record), (rule_id(rule), selector, record)
+            assert compared == threshold, rule_id(rule)
+    window = FORECAST_WINDOWS[rule["labels"]["severity"]]
+    words = {"8h": "8 hours", "30m": "30 minutes"}[window]
+    summary = rule["annotations"]["summary"]
+    assert "{{ else }}" in summary and f"critical threshold within {words}." in summary
+
+
+def test_a_promtool_case_asserts_the_already_past_wording() -> None:
+    past = [
+        alert
+        for case in alert_tests()
+        for alert in case.get("exp_alerts") or []
+        if "is already past its critical threshold" in alert["exp_annotations"]["summary"]
+    ]
+    assert {a["exp_labels"]["severity"] for a in past} == set(FORECAST_WINDOWS)
+    assert all("already past" in a["exp_annotations"]["description"] for a in past)
+
+
 # --- labels, annotations, names -----------------------------------------------------------------
 
 

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from forecaster.__main__ import main
-from forecaster.config import ConfigError, load_config, parse_duration, read_secret
+from forecaster.config import (
+    ConfigError,
+    format_duration,
+    load_config,
+    parse_duration,
+    read_secret,
+)
+from tests.unit.test_docs import FLAG, _rows, _section, _text
 
 
 @pytest.mark.fault("H1")
@@ -141,3 +152,120 @@ def test_main_refuses_a_non_loopback_listener_without_a_token(capsys):
 def test_check_config_validates_and_exits_0(capsys):
     assert main(["--check-config"], {}) == 0
     assert "valid" in capsys.readouterr().out
+
+
+# --- --help: every flag says what it is and its default -----------------------------------------
+
+PARSERS = ("forecaster.config", "training.retrain_config")
+DEFAULT = re.compile(r"\(default: ([^)]*)\)")
+
+
+def _value_flags(module: str) -> list[argparse.Action]:
+    """The flags of a parser that take a value (not -h, --check-config or --once)."""
+    parser = importlib.import_module(module)._parser()
+    return [a for a in parser._actions if a.option_strings and a.nargs != 0]
+
+
+def _setting(config: Any, path: str) -> Any:
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
+
+
+@pytest.mark.parametrize("module", PARSERS)
+def test_every_flag_has_a_help_text_and_every_value_flag_its_default(module: str) -> None:
+    parser = importlib.import_module(module)._parser()
+    for action in parser._actions:
+        assert action.help and action.help.strip(), f"{action.option_strings} has no help"
+    for action in _value_flags(module):
+        assert DEFAULT.search(action.help or ""), f"{action.option_strings}: no (default: ...)"
+    parser.format_help()  # argparse %-formats each help: a stray % would raise here
+
+
+def test_forecaster_help_shows_descriptions_and_defaults(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"], {})
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in (
+        ("--cycle.interval VALUE", "1m"),
+        ("--cycle.stale-after VALUE", "30m"),
+        ("--guard.history VALUE", "3d"),
+        ("--prometheus.url VALUE", "http://127.0.0.1:9090"),
+        ("--model.enabled VALUE", "true"),
+        ("--guard.power VALUE", "2"),
+        ("--state.dir VALUE", "forecaster-state"),
+        ("--web.token-file VALUE", "none"),
+        ("--model.device VALUE, --device VALUE", "auto"),
+    ):
+        match = re.search(re.escape(flag) + r" (.*?)\(default: ([^)]*)\)", text)
+        assert match, flag
+        assert match.group(1).strip(), f"{flag} has a default but no description"
+        assert match.group(2) == default, flag
+
+
+@pytest.mark.parametrize("module", PARSERS)
+def test_the_default_each_flag_shows_is_the_settings_default(module: str) -> None:
+    """Passing the shown default as the flag's value gives the default configuration."""
+    load = importlib.import_module(module).load_config
+    defaults = load([], {})
+    for action in _value_flags(module):
+        shown = DEFAULT.findall(action.help or "")[-1]
+        if action.dest == "config_file":
+            continue
+        value = _setting(defaults, action.dest)
+        if shown == "none":
+            assert value is None, action.dest
+            continue
+        if value is None:
+            continue  # a default the description names in words ("the URL's host")
+        given = _setting(load([action.option_strings[0], shown], {}), action.dest)
+        assert given == value, (action.dest, shown)
+
+
+def _same_default(shown: str, documented: str) -> bool:
+    if shown == documented:
+        return True
+    for read in (float, parse_duration):
+        try:
+            if read(shown) == read(documented):
+                return True
+        except ValueError:
+            pass
+    return documented == "0" and parse_duration(shown) == 0
+
+
+@pytest.mark.parametrize(
+    ("module", "page", "heading"),
+    [
+        ("forecaster.config", "SERVICE.md", "Flags and environment"),
+        ("training.retrain_config", "TRAINING.md", "Retrainer flags"),
+    ],
+)
+def test_help_defaults_agree_with_the_documented_ones(module: str, page: str, heading: str):
+    documented = {
+        flag: re.sub(r" \(.*\)$", "", row[1].replace("`", ""))
+        for row in _rows(_section(_text(page), heading))
+        for flag in FLAG.findall(row[0])
+    }
+    for action in _value_flags(module):
+        shown = DEFAULT.findall(action.help or "")[-1]
+        flag = action.option_strings[0]
+        assert _same_default(shown, documented[flag]), (flag, shown, documented[flag])
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (30, "30s"),
+        (60, "1m"),
+        (90, "1m30s"),
+        (7200, "2h"),
+        (86400, "1d"),
+        (1209600, "14d"),
+    ],
+)
+def test_durations_in_help_are_prometheus_strings_that_parse_back(seconds: float, text: str):
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds

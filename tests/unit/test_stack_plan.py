@@ -354,3 +354,53 @@ def test_receiver_keeps_posted_alerts_and_answers_probes(
     bad = httpx.post(served + plan.RECEIVER_PATH, content=b"{", headers={"Content-Length": "1"})
     assert bad.status_code == 400
     assert httpx.get(served + "/nowhere").status_code == 404
+
+
+def test_node_exporter_runs_without_the_systemd_collector() -> None:
+    """Debian's node_exporter enables the systemd collector, which fails on every scrape where
+    there is no systemd bus; the demo's must not log that error."""
+    command = plan.node_exporter_command("node_exporter", "127.0.0.1:3")
+    assert command[0] == "node_exporter"
+    assert "--web.listen-address=127.0.0.1:3" in command
+    assert "--no-collector.systemd" in command
+
+
+def test_installed_node_exporter_accepts_the_demo_flags() -> None:
+    binary = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+    if binary is None:
+        pytest.skip("no node_exporter installed (Debian package prometheus-node-exporter)")
+    # kingpin parses every flag before it acts on --help: an unknown one exits 1
+    checked = subprocess.run(
+        [*plan.node_exporter_command(binary, "127.0.0.1:0"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.parametrize(("status", "ok"), [(0, True), (130, True), (1, False), (143, False)])
+def test_make_demo_treats_the_stacks_ctrl_c_exit_as_success(
+    tmp_path: Path, status: int, ok: bool
+) -> None:
+    """`python -m stack demo` exits 130 once Ctrl-C has stopped it cleanly: `make demo` must not
+    end with "Error 130". The demo recipe runs with a stand-in interpreter (`-o install` skips
+    the set-up)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make")
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "stack $*"\nexit {status}\n', encoding="utf-8")
+    fake.chmod(0o755)
+    result = subprocess.run(
+        [make, "--no-print-directory", "-o", "install", "demo", "DEMO=local", f"VENV_PY={fake}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "stack -m stack demo" in result.stdout
+    assert (result.returncode == 0) is ok, result.stdout + result.stderr
+    assert ("Error" in result.stderr) is not ok, result.stderr

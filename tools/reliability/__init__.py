@@ -136,8 +136,8 @@ def render(tests: list[TaggedTest], known: frozenset[str] | None = None) -> str:
         "",
         "Every scenario of the fault catalogue, with the fault injected, the expected behaviour"
         " (its pass criterion) and the tests that carry its ID in a `@pytest.mark.fault(...)`"
-        " marker. `make faults` runs these tests as one stage (`pytest -m \"fault and not"
-        " soak\"`) and ends with a count of scenarios and tests; the 10-minute soak (F5) is its"
+        ' marker. `make faults` runs these tests as one stage (`pytest -m "fault and not'
+        ' soak"`) and ends with a count of scenarios and tests; the 10-minute soak (F5) is its'
         " own stage, `make soak`; `tests/unit/test_reliability_doc.py` fails when this"
         " page and the tests disagree. A scenario counts as covered when one of its tests is not"
         " marked xfail; an xfail test states behaviour the catalogue asks for that the code does"

@@ -7,6 +7,13 @@ on the 8 h breach window and a critical on the 30 min one (`SEVERITY_WINDOWS`, w
 here: the forecast metric (`forecaster_predicted_<quantity>_<unit>`), the humanize function of
 the unit, the horizons inside each window, the longest horizon. The table holds only what is a
 choice of the rules: the alert name, the wording and the `for:` of each severity.
+
+The summary and description say "already past its critical threshold (value V)" instead of the
+forecast wording when the quantity's current value is above `forecaster_threshold{level=
+"critical"}`. The forecaster exports no current value; the rules read the contract's recording
+rule (`instance:<quantity>:<operation>`, `prometheus/rules/recording.yml`), which they select
+as `{__name__=~"instance:<quantity>:.+"}` (`current_value_selector`), so that the template needs
+no name of its own; `forecast_rules` checks that the selector matches the contract's record.
 """
 
 from __future__ import annotations
@@ -106,6 +113,11 @@ def in_words(duration: str) -> str:
     raise AssertionError("unreachable: every duration is a whole number of seconds")
 
 
+def current_value_selector(quantity: str) -> str:
+    """The `__name__` matcher of the rule templates for the current value of `quantity`."""
+    return f"instance:{quantity}:.+"
+
+
 def forecast_rules(config: Config | None = None) -> str:
     """The YAML of every forecast rule: per quantity, the warning then the critical."""
     contract = load_contract()
@@ -116,6 +128,11 @@ def forecast_rules(config: Config | None = None) -> str:
         row, unit = ALERTS[quantity], contract[quantity].unit
         if unit not in HUMANIZE:
             raise ValueError(f"{quantity}: no humanize function for unit {unit!r} in HUMANIZE")
+        if not re.fullmatch(current_value_selector(quantity), contract[quantity].record):
+            raise ValueError(
+                f"{quantity}: the recording rule {contract[quantity].record!r} is not "
+                f"instance:{quantity}:<operation>, the current value the rules read"
+            )
         for severity, window in SEVERITY_WINDOWS.items():
             values = {
                 "alert": row.alert,
