@@ -69,8 +69,8 @@ def build(url: str, contract: Path, models: Path, threads: int, stages: Stages):
     import forecaster.service
     from exporter.hub import Hub
     from forecaster.config import Config
-    from forecaster.models import ModelHolder
     from forecaster.service import Service
+    from forecaster.serving import ModelHolder
     from forecaster.source import PrometheusSource
 
     config = Config.model_validate(

@@ -78,8 +78,8 @@ def cleaned_arrays(
 
 def _service(models: Path, device: str, batch_size: int, threads: int):
     from forecaster.config import Config
-    from forecaster.models import ModelHolder
     from forecaster.service import Service
+    from forecaster.serving import ModelHolder
 
     config = Config.model_validate(
         {

@@ -174,8 +174,8 @@ def build(config: Config, token: str | None, web: WebConfig | None = None):
     """The hub, service, model holder, cycle loop and HTTP app of one forecaster."""
     from exporter.app import build_app
     from exporter.hub import Hub
-    from forecaster.models import ModelHolder
     from forecaster.service import Service
+    from forecaster.serving import ModelHolder
     from forecaster.source import PrometheusSource
 
     hub = Hub(stale_after=config.cycle.stale_after)

@@ -42,7 +42,6 @@ from forecaster.engine import ForecastSet, forecast
 from forecaster.features import host_id, profile_of
 from forecaster.guard import METHODS as GUARD_METHODS
 from forecaster.guard import Guard, guard_params
-from forecaster.models import ModelHolder
 from forecaster.records import from_records
 from forecaster.risk import (
     breach_outlook,
@@ -51,6 +50,7 @@ from forecaster.risk import (
     risk_message,
     risk_scores,
 )
+from forecaster.serving import ModelHolder
 from forecaster.source import SourceError
 from forecaster.trend import ramp_rules
 from forecaster.window import HistoryWindow, held_steps

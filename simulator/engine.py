@@ -1,6 +1,6 @@
 """The live simulation: counters integrated from the epoch, with REST changes applied on top.
 
-Under the default schedule the engine reproduces `model.evaluate` exactly (the history export
+Under the default schedule the engine reproduces `signals.evaluate` exactly (the history export
 uses the same functions). Scenario changes and injected incidents take effect at the moment
 they are made: the current step's rates are re-evaluated and the counters integrate piecewise,
 so they stay monotone and consistent with the utilisation they encode. Every change is recorded.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator import model
 from simulator import schedule as sch
+from simulator import signals
 from simulator.fleet import Fleet
 from simulator.series import CHANNELS, NodeStatic, channel_rates
 
@@ -122,11 +122,11 @@ class Engine:
 
     # -- integration ---------------------------------------------------------------------------
 
-    def _overrides(self) -> model.Overrides:
+    def _overrides(self) -> signals.Overrides:
         multiplier = np.where(self._affected, sch.SCENARIOS[self.scenario], 1.0)
         live = [inc for inc in self.injected if inc.recovered > self._segment_start]
         if not live:
-            return model.Overrides(multiplier)
+            return signals.Overrides(multiplier)
         fields = np.full((5, self.fleet.size), np.nan)
         fields[0] = -1
         kinds = [k.name for k in sch.INCIDENT_KINDS]
@@ -135,11 +135,11 @@ class Engine:
             fields[:, i] = (kinds.index(inc.kind), inc.start, inc.breach, inc.end, inc.recovered)
         now_only = [f[:, None] for f in fields]
         incidents = sch.Incidents(now_only[0].astype(np.int64), *now_only[1:])
-        return model.Overrides(multiplier, incidents)
+        return signals.Overrides(multiplier, incidents)
 
     def _evaluate(self, steps: NDArray[np.int64]) -> dict[str, NDArray]:
         # Injected incidents are (nodes, 1) arrays; Incidents.override broadcasts them.
-        return model.evaluate(self.fleet, steps, self._overrides(), self.incident_rate)
+        return signals.evaluate(self.fleet, steps, self._overrides(), self.incident_rate)
 
     def _load_step(self, step: int) -> None:
         values = self._evaluate(np.array([step]))

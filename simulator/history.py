@@ -2,7 +2,7 @@
 
 The parquet holds what the contract's PromQL expressions return at each step, and the
 OpenMetrics file holds the raw series at scrape spacing for backfilling with
-`promtool tsdb create-blocks-from openmetrics`; both come from `model.evaluate`, so they agree
+`promtool tsdb create-blocks-from openmetrics`; both come from `signals.evaluate`, so they agree
 with each other and with the live listener for the same seed and epoch.
 """
 
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from simulator import __version__, model
+from simulator import __version__, signals
 from simulator import schedule as sch
 from simulator.fleet import Fleet, server_id
 from simulator.series import CHANNELS, NodeStatic, channel_rates, node_samples
@@ -133,7 +133,7 @@ def _chunks(first: int, last: int, size: int = DAY_STEPS) -> Iterator[np.ndarray
 
 
 def frame_of(fleet: Fleet, steps: np.ndarray, values: dict[str, np.ndarray]) -> pd.DataFrame:
-    """The WIDE frame of `values` (as `simulator.model.evaluate` returns them) at `steps`."""
+    """The WIDE frame of `values` (as `simulator.signals.evaluate` returns them) at `steps`."""
     n, s = fleet.size, steps.size
     frame = {
         "timestamp": pd.to_datetime(np.tile(steps * sch.STEP, n), unit="s", utc=True),
@@ -153,7 +153,7 @@ def _write_parquet(fleet: Fleet, spec: HistorySpec, path: Path) -> tuple[int, di
     chunks = list(_chunks(spec.first_step, spec.last_step))
     try:
         for steps in tqdm(chunks, desc="history", unit="day", disable=None):
-            values = model.evaluate(fleet, steps, incident_rate=spec.incident_rate)
+            values = signals.evaluate(fleet, steps, incident_rate=spec.incident_rate)
             table = pa.Table.from_pandas(frame_of(fleet, steps, values), preserve_index=False)
             writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
             writer.write_table(table)
@@ -203,13 +203,13 @@ def _cumulative(fleet: Fleet, spec: HistorySpec, first: int, last: int):
     base = np.zeros((fleet.size, len(CHANNELS)))
     for steps in _chunks(epoch_step, first - 1):
         base += (
-            channel_rates(model.evaluate(fleet, steps, incident_rate=spec.incident_rate)).sum(
+            channel_rates(signals.evaluate(fleet, steps, incident_rate=spec.incident_rate)).sum(
                 axis=1
             )
             * sch.STEP
         )
     steps = np.arange(first, last + 1)
-    values = model.evaluate(fleet, steps, incident_rate=spec.incident_rate)
+    values = signals.evaluate(fleet, steps, incident_rate=spec.incident_rate)
     rates = channel_rates(values)
     ends = base[:, None, :] + np.cumsum(rates, axis=1) * sch.STEP
     return steps, ends, rates, values

@@ -17,9 +17,9 @@ from numpy.typing import NDArray
 
 from simulator import schedule as sch
 from simulator.fleet import CPU_MODES, Fleet, cpu_imbalance
-from simulator.model import LATENCY_BUCKETS
+from simulator.signals import LATENCY_BUCKETS
 
-# Integrated channels, in order: the rate of each is derived from `model.evaluate` output.
+# Integrated channels, in order: the rate of each is derived from `signals.evaluate` output.
 CHANNELS = (
     "cpu_busy",
     "cpu_spread",

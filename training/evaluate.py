@@ -177,7 +177,7 @@ def _iso(seconds: float) -> str:
 
 def _holder(config, version: str | None):
     """The service's model holder; with `version`, it loads that version instead of current."""
-    from forecaster.models import ModelHolder, load_version
+    from forecaster.serving import ModelHolder, load_version
 
     contract = config.contract().version
     if version is None:

@@ -43,7 +43,7 @@ from forecaster.grid import STEP_SECONDS
 from forecaster.guard import Guard, guard_params
 from forecaster.heuristic import heuristic_forecast
 from forecaster.history_files import read_history
-from forecaster.models import ModelHolder
+from forecaster.serving import ModelHolder
 from forecaster.source import PrometheusSource
 from forecaster.trend import ramp_rules
 from training.metrics import HORIZONS, coverage, nql

@@ -2,7 +2,7 @@
 
 A `memory_leak` injected on ppdb001 with a 2 h ramp, as `POST /incident/inject {"ramp": "2h"}`
 does in the demo (the simulator's own `Engine.inject` makes the record), is evaluated by the
-simulator's model on the 5-minute grid over the three days before it and its ramp. The real
+`simulator.signals` on the 5-minute grid over the three days before it and its ramp. The real
 `Service` with the shipped model then runs one cycle per 5-minute step on a source that
 answers its `query_range` calls from that history (`training.replay.HistorySource`), from
 half an hour before the injection (time enough to backfill the three days it holds) to the
@@ -30,10 +30,10 @@ import numpy as np
 import pytest
 
 from forecaster.config import load_config
-from forecaster.models import ModelHolder
 from forecaster.service import Service
-from simulator import model as sim
+from forecaster.serving import ModelHolder
 from simulator import schedule as sch
+from simulator import signals as sim
 from simulator.engine import Engine
 from simulator.fleet import build_fleet
 from simulator.history import frame_of

@@ -20,8 +20,8 @@ import pytest
 from forecaster.config import load_config
 from forecaster.model.config import TFTConfig
 from forecaster.model.schema import ArtefactError, ConfigSection, check_bundle, check_version
-from forecaster.models import LoadedModel, ModelHolder, load_version
 from forecaster.registry import MANIFEST, POINTER, Registry, RegistryError, sha256_of
+from forecaster.serving import LoadedModel, ModelHolder, load_version
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 CONTRACT = "1.0.0"
@@ -309,7 +309,7 @@ def point(registry: Registry, version: str, previous: str | None) -> None:
 def test_a_start_on_a_refused_version_serves_the_previous_one(registry, caplog):
     loader = FakeLoader({"default-v4"})
     holder = ModelHolder(settings(registry), CONTRACT, loader=loader)
-    with caplog.at_level(logging.INFO, logger="forecaster.models"):
+    with caplog.at_level(logging.INFO, logger="forecaster.serving"):
         assert holder.check().version == "default-v3"
         assert holder.check().version == "default-v3"
     assert loader.calls == ["default-v4", "default-v3"]  # neither is retried every poll
@@ -326,7 +326,7 @@ def test_a_start_on_a_refused_version_serves_the_previous_one(registry, caplog):
 def test_when_the_previous_version_is_refused_too_the_heuristic_serves(registry, caplog):
     loader = FakeLoader({"default-v4", "default-v3"})
     holder = ModelHolder(settings(registry), CONTRACT, loader=loader)
-    with caplog.at_level(logging.ERROR, logger="forecaster.models"):
+    with caplog.at_level(logging.ERROR, logger="forecaster.serving"):
         assert holder.check() is None
         assert holder.check() is None
     assert loader.calls == ["default-v4", "default-v3"]
@@ -360,7 +360,7 @@ def test_the_real_loader_refuses_a_bad_version_before_building_and_falls_back(re
     assert refused.value.reason == "invalid"
     assert str(refused.value).startswith("default-v4: model_config.json: config.horizon: ")
     holder = ModelHolder(settings(registry), CONTRACT)
-    with caplog.at_level(logging.ERROR, logger="forecaster.models"):
+    with caplog.at_level(logging.ERROR, logger="forecaster.serving"):
         serving = holder.check()
     assert serving is not None and serving.version == "default-v3"
     assert serving.predictor.config.horizon == 96

@@ -10,9 +10,9 @@ import pytest
 
 from exporter.snapshot import ServiceState, Snapshot
 from forecaster.config import load_config
-from forecaster.models import LoadedModel, ModelHolder
 from forecaster.persist import load_snapshot, save_snapshot
 from forecaster.service import Service, shard_of
+from forecaster.serving import LoadedModel, ModelHolder
 from forecaster.window import HistoryWindow
 from tests.service_fakes import T0, FakeSource
 

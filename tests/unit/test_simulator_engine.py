@@ -13,8 +13,8 @@ from simulator import schedule as sch
 from simulator.engine import Engine
 from simulator.fleet import build_fleet
 from simulator.history import HistorySpec, write_history
-from simulator.model import evaluate
 from simulator.series import node_samples
+from simulator.signals import evaluate
 
 EPOCH = 1_795_305_600.0  # 2026-11-22T00:00Z
 

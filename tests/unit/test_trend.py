@@ -244,7 +244,7 @@ def test_a_healthy_simulated_fleet_in_its_first_day_gets_no_ramp_at_any_hour() -
     warm-up gate, pprisk001's Monday-morning rise (0.58 to 0.85 from 08:00 to 11:00 UTC) took
     over at 11:00 and failed the end-to-end alert test at that hour. With three days held the
     same fleet still shows 7 such episodes in 14 days (docs/RAMP-study.md, stop 23)."""
-    from simulator import model as sim
+    from simulator import signals as sim
     from simulator.fleet import build_fleet
 
     fleet = build_fleet(servers=20, seed=42)

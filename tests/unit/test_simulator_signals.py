@@ -8,7 +8,7 @@ import pytest
 
 from simulator import schedule as sch
 from simulator.fleet import PROFILE_BY_NAME, PROFILES, build_fleet, fleet_counts, node_names
-from simulator.model import LATENCY_BUCKETS, _share, evaluate, histogram_quantile
+from simulator.signals import LATENCY_BUCKETS, _share, evaluate, histogram_quantile
 
 START = 1_795_305_600 // sch.STEP  # 2026-11-22T00:00Z, a Sunday
 DAYS = 28
@@ -216,8 +216,8 @@ def test_scenarios_affect_a_quarter_of_the_fleet():
 def test_latency_bucket_counters_grow_by_more_than_their_rounding_step_during_an_incident():
     """A bucket share of about 0 (the lowest buckets while latency is degraded) once made the
     history's and the live integration differ in the last place: a counter reset in Prometheus."""
-    from simulator.model import SHARE_FLOOR
     from simulator.series import channel_rates
+    from simulator.signals import SHARE_FLOOR
 
     fleet = build_fleet(20, 42)
     node = fleet.nodes.index("ppetl002")
