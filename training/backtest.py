@@ -4,7 +4,16 @@ At every origin (every `--origin-every`, default 2 h) over held-out history, the
 the service's fast path) and each baseline forecast the next 8 h from the history before the
 origin; all are scored on the same origins and horizons: NQL (the TFT paper's q-risk), WAPE
 of the p50 and p10-p90 coverage, per quantity at 30 m, 2 h, 8 h and over all horizons.
+Beside them, `served` is what the forecaster itself would have served at each origin: its own
+path (`forecaster.clean`, `forecaster.engine.forecast` with the `Guard` and the ramp outlooks,
+the service's default settings) replayed from the start of the history at the guard's spacing
+(hourly) and at every origin, so the guard has learnt on the history before each origin only.
 The result is JSON (attachable to the version as backtest.json), a markdown report and plots.
+
+The history is a parquet file (`--data`) or is fetched from Prometheus (`--prometheus.url`,
+`--start`, `--end`) with the contract's PromQL expressions, through the retrainer's fetch
+(`training.retrain_steps.fetch_history`, the one client `forecaster.source.PrometheusSource`),
+then written as `server_metrics.parquet` under `--out` and scored from that file.
 """
 
 from __future__ import annotations
@@ -12,32 +21,52 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
+import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from exporter.snapshot import QUANTILES
+from forecaster.clean import CleanConfig, clean
+from forecaster.config import Config, ConfigError, describe, layered, read_secret, validated
 from forecaster.contract import load_contract
+from forecaster.engine import forecast
 from forecaster.features import host_id, profile_of
 from forecaster.grid import STEP_SECONDS
-from forecaster.history_files import read_history
+from forecaster.guard import Guard, guard_params
+from forecaster.history_files import HISTORY_FILE, read_history
 from forecaster.model.dataset import epoch_seconds
 from forecaster.model.fast import Batch, FastPredictor
 from forecaster.model.tft import ModelBundle, load_bundle
 from forecaster.registry import Registry
+from forecaster.window import held_steps
 from training.baselines import BASELINES
 from training.gates import BACKTEST_CONTEXT
 from training.metrics import HORIZONS, score_horizons
+from training.replay import Chain
+from training.retrain_config import LEAVES as RETRAIN_LEAVES
+from training.retrain_config import RetrainConfig
+from training.retrain_steps import RunError, fetch_history
 
 log = logging.getLogger("training.backtest")
 TFT = "tft"
+SERVED = "served"  # what the service would have served (guard included)
+MIN_ORIGINS = 3  # fewer origins than this is too little history to judge by
+DEFAULT_SPAN_S = 7 * 86_400  # --start defaults to --end minus this
+# Every Prometheus setting of the retrainer (`--prometheus.timeout`, `--prometheus.tls-config.*`
+# ...): the same settings class, the same flags. `--prometheus.url` is one of the two sources.
+PROMETHEUS_LEAVES = tuple(p for p in RETRAIN_LEAVES if p.startswith("prometheus."))
 DEFAULT_BASELINES = (
     "naive",
     "seasonal_naive_24h",
@@ -130,12 +159,17 @@ def actuals(y: np.ndarray, at: np.ndarray, horizon: int) -> np.ndarray:
 
 
 def run_backtest(
-    bundle: ModelBundle, grid: Grid, spec: BacktestSpec, forecasts: np.ndarray | None = None
+    bundle: ModelBundle,
+    grid: Grid,
+    spec: BacktestSpec,
+    forecasts: np.ndarray | None = None,
+    served: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Scores of the TFT and every baseline on the same origins; JSON-ready.
 
     `forecasts`: the TFT's forecasts already made by `tft_forecasts` at `origins(grid, spec,
-    ...)` (the retrainer checks them before scoring); computed here when not given.
+    ...)` (the retrainer checks them before scoring); computed here when not given. `served`:
+    the service's forecasts at the same origins (`served_forecasts`), scored as `SERVED`.
     """
     config = bundle.config
     quantiles = list(config.quantiles)
@@ -146,12 +180,17 @@ def run_backtest(
     tft = tft_forecasts(bundle, grid, at) if forecasts is None else forecasts
     if tft.shape[:2] != (at.size, len(grid.instances)):
         raise ValueError(f"forecasts of shape {tft.shape} do not match {at.size} origins")
+    if served is not None and served.shape[:2] != (at.size, len(grid.instances)):
+        raise ValueError(f"served forecasts of shape {served.shape} do not match {at.size} origins")
     scores: dict[str, dict[str, Any]] = {TFT: {}}
     curves: dict[str, dict[str, Any]] = {TFT: {}}
     for t, quantity in enumerate(config.targets):
         y = actuals(grid.column(quantity), at, config.horizon)
         scores[TFT][quantity] = _scores(y, tft[:, :, :, t], quantiles)
         curves[TFT][quantity] = _curves(y, tft[:, :, :, t], quantiles)
+        if served is not None:
+            scores.setdefault(SERVED, {})[quantity] = _scores(y, served[:, :, :, t], QUANTILES)
+            curves.setdefault(SERVED, {})[quantity] = _curves(y, served[:, :, :, t], QUANTILES)
         for name in spec.baselines:
             forecast = baseline_forecasts(
                 name, grid.column(quantity), at, spec, horizon=config.horizon, quantiles=quantiles
@@ -200,38 +239,185 @@ def _finite(value: float) -> float | None:
 
 
 def summarise(scores: dict[str, Any], targets) -> dict[str, Any]:
-    """TFT NQL over the best baseline and over seasonal naive at 8 h; TFT coverage per horizon."""
-    summary: dict[str, Any] = {"nql_8h_vs_best_baseline": {}, "nql_8h_vs_seasonal_naive": {}}
+    """TFT NQL over the best baseline and over seasonal naive at 8 h; TFT coverage per horizon.
+    With `SERVED` scores, the same for the served forecast (`served_*` keys)."""
+    summary: dict[str, Any] = {}
+    for method, prefix in ((TFT, ""), (SERVED, "served_")):
+        if method not in scores:
+            continue
+        summary.update(_ratios(scores, method, targets, prefix))
+        summary[f"{method}_coverage"] = {
+            h: _mean([scores[method][q][h]["coverage"] for q in targets])
+            for h in (*HORIZONS, "all")
+        }
+    return summary
+
+
+def _mean(values: list[float | None]) -> float:
+    """Mean of the values that are not None (NaN, without a warning, when none is)."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else float("nan")
+
+
+def _ratios(scores: dict[str, Any], method: str, targets, prefix: str) -> dict[str, Any]:
+    """`method`'s NQL at 8 h over the best baseline's and over seasonal naive's."""
+    best_ratio: dict[str, Any] = {}
+    seasonal_ratio: dict[str, float] = {}
     for quantity in targets:
-        tft = scores[TFT][quantity]["8h"]["nql"]
+        own = scores[method][quantity]["8h"]["nql"]
         baselines = {
             name: s[quantity]["8h"]["nql"]
             for name, s in scores.items()
-            if name != TFT and s[quantity]["8h"]["nql"] is not None
+            if name not in (TFT, SERVED) and s[quantity]["8h"]["nql"] is not None
         }
         best = min(baselines, key=lambda n: baselines[n]) if baselines else None
-        if tft is not None and best is not None:
-            summary["nql_8h_vs_best_baseline"][quantity] = {
-                "ratio": tft / baselines[best],
-                "best": best,
-            }
+        if own is not None and best is not None:
+            best_ratio[quantity] = {"ratio": own / baselines[best], "best": best}
         seasonal = baselines.get("seasonal_naive_24h")
-        if tft is not None and seasonal:
-            summary["nql_8h_vs_seasonal_naive"][quantity] = tft / seasonal
-    summary["tft_coverage"] = {
-        h: float(np.nanmean([scores[TFT][q][h]["coverage"] or np.nan for q in targets]))
-        for h in (*HORIZONS, "all")
+        if own is not None and seasonal:
+            seasonal_ratio[quantity] = own / seasonal
+    return {
+        f"{prefix}nql_8h_vs_best_baseline": best_ratio,
+        f"{prefix}nql_8h_vs_seasonal_naive": seasonal_ratio,
     }
-    return summary
+
+
+def served_forecasts(
+    wide: pd.DataFrame,
+    grid: Grid,
+    at: np.ndarray,
+    *,
+    predictor: Any,
+    config: Config,
+    targets: tuple[str, ...],
+    horizon: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(origins, instances, horizon, targets, 3): what the service would have served at each
+    origin of `at` (p10/p50/p90; NaN where it serves no forecast), and how it chose.
+
+    The service's own path (`training.replay.Chain` with the window the guard holds, then
+    `forecaster.clean.clean` and `forecaster.engine.forecast` with a `Guard` and the ramp
+    outlooks) runs from the first step with the service's warm-up of history, at the guard's
+    spacing and at every origin, so at each origin the guard has scored the past only.
+    """
+    chain = Chain.of(config, predictor)
+    step = chain.step
+    guard = Guard(guard_params(config.guard, step), step) if config.guard.enabled else None
+    long = guard is not None or bool(chain.ramps)
+    context = config.contract().grid.context_steps
+    chain = replace(
+        chain, context_steps=held_steps(config.guard.history, step, long=long, context=context)
+    )
+    warmup = config.cycle.warmup_steps
+    wide = wide.sort_values(["timestamp", "instance"], kind="stable").reset_index(drop=True)
+    seconds = epoch_seconds(wide["timestamp"])
+    at_times = grid.times[at - 1]
+    cycles = at_times
+    if guard is not None:
+        spacing = guard.params.spacing_steps * step
+        first = int(grid.times[0]) + (warmup - 1) * step
+        cycles = np.union1d(np.arange(first, int(at_times[-1]) + 1, spacing), at_times)
+    wanted = {int(t): k for k, t in enumerate(at_times)}
+    row_of = {name: i for i, name in enumerate(grid.instances)}
+    profiles = dict(zip(grid.instances, grid.profiles, strict=True))
+    steps = min(horizon, chain.horizon)
+    out = np.full((at.size, len(grid.instances), horizon, len(targets), len(QUANTILES)), np.nan)
+    methods: dict[str, Counter[str]] = {name: Counter() for name in targets}
+    lo = np.searchsorted(seconds, cycles - chain.context_steps * step, side="right")
+    hi = np.searchsorted(seconds, cycles, side="right")
+    started = time.monotonic()
+    for c in tqdm(range(cycles.size), desc="served", unit="cycle", disable=None):
+        if hi[c] <= lo[c]:
+            continue
+        end = int(cycles[c])
+        cleaned = clean(
+            wide.iloc[lo[c] : hi[c]],
+            chain.quantities,
+            pd.Timestamp(end, unit="s", tz="UTC"),
+            CleanConfig(context_steps=chain.context_steps, min_steps=warmup, step_seconds=step),
+        )
+        result = forecast(
+            cleaned,
+            chain.targets,
+            profiles,
+            predictor,
+            min_steps=warmup,
+            horizon=chain.horizon,
+            step=step,
+            season=chain.season,
+            guard=guard,
+            ramps=chain.ramps,
+        )
+        k = wanted.get(end)
+        if k is None or not result.instances:
+            continue
+        rows = np.array([row_of[i] for i in result.instances], dtype=np.int64)
+        for t, name in enumerate(targets):
+            if name not in result.forecasts:
+                continue
+            shown = result.available[name]
+            values = np.where(shown[:, None, None], result.forecasts[name][:, :steps], np.nan)
+            out[k, rows, :steps, t] = values
+            methods[name].update(str(m) for m in result.methods[name][shown])
+    info = {
+        "guard": guard is not None,
+        "cycles": int(cycles.size),
+        "seconds": round(time.monotonic() - started, 1),
+        "switches": guard.switches if guard is not None else 0,
+        "methods": {
+            name: {m: round(n / max(sum(c.values()), 1), 3) for m, n in sorted(c.items())}
+            for name, c in methods.items()
+        },
+    }
+    return out, info
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.backtest", description=__doc__)
-    parser.add_argument("--data", type=Path, required=True, help="held-out history (parquet)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="held-out history (parquet)")
+    source.add_argument(
+        "--prometheus.url",
+        dest="prometheus.url",
+        metavar="URL",
+        help="fetch the history from this Prometheus instead (with --start, --end)",
+    )
+    parser.add_argument(
+        "--start",
+        type=_time,
+        help="with --prometheus.url: first time, RFC 3339 or unix seconds (default: --end - 7d)",
+    )
+    parser.add_argument(
+        "--end",
+        type=_time,
+        help="with --prometheus.url: last time, RFC 3339 or unix seconds (default: now)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="with --prometheus.url: directory for the fetched server_metrics.parquet "
+        "(default: <report>-history beside --report, else a new temporary directory)",
+    )
+    for path in PROMETHEUS_LEAVES:
+        if path != "prometheus.url":
+            parser.add_argument(
+                "--" + path.replace("_", "-"),
+                dest=path,
+                metavar="VALUE",
+                help=describe(RetrainConfig, path) or "as the retrainer's (docs/TRAINING.md)",
+            )
     parser.add_argument("--models.dir", dest="models_dir", type=Path, default=Path("models"))
     parser.add_argument("--version", help="model version (default: the current one)")
     parser.add_argument("--origin-every", type=int, default=24, help="steps between origins")
     parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES))
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (default 0: torch's default)"
+    )
+    parser.add_argument(
+        "--no-served",
+        action="store_true",
+        help="skip the replay of the service's own path (the served method, guard included)",
+    )
     parser.add_argument(
         "--attach", action="store_true", help="store as the version's backtest.json"
     )
@@ -240,11 +426,194 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_UNIX = re.compile(r"^\d+(\.\d+)?$")
+_LATEST_S = 9.2e9  # pandas' last representable second (year 2262)
+
+
+def _time(text: str) -> float:
+    """Unix seconds of an RFC 3339 time (`2026-11-20T00:00:00Z`; without an offset: UTC) or of
+    a number of unix seconds."""
+    if _UNIX.match(text.strip()):
+        value = float(text)
+    else:
+        try:
+            stamp = pd.Timestamp(text.strip())
+        except (ValueError, TypeError, OverflowError):
+            stamp = pd.NaT
+        if pd.isna(stamp):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is neither an RFC 3339 time (2026-11-20T00:00:00Z) nor unix seconds"
+            )
+        if stamp.tzinfo is None:
+            stamp = stamp.tz_localize("UTC")
+        value = stamp.timestamp()
+    if not 0 <= value < _LATEST_S:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 1970 to 2262")
+    return value
+
+
+@dataclass(frozen=True)
+class PrometheusRange:
+    """Where and what to fetch: the retrainer's settings, with the range as its `history`
+    ending at `end` (both on the 5-minute grid)."""
+
+    config: RetrainConfig
+    start: int
+    end: int
+
+    @property
+    def url(self) -> str:
+        return self.config.prometheus.url
+
+
+def _prometheus_range(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, now: float
+) -> PrometheusRange | None:
+    """The validated Prometheus source, None with `--data`; a bad setting exits 2 naming it."""
+    settings = {p: getattr(args, p) for p in PROMETHEUS_LEAVES}
+    if args.data is not None:
+        given = [f"--{f}" for f in ("start", "end", "out") if getattr(args, f) is not None]
+        given += [_flag(p) for p, v in settings.items() if v is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: only with --prometheus.url, not with --data")
+        return None
+    end = now if args.end is None else args.end
+    start = end - DEFAULT_SPAN_S if args.start is None else args.start
+    if not start < end:
+        parser.error(f"--start ({_iso(start)}) must be before --end ({_iso(end)})")
+    first = -(-int(start) // STEP_SECONDS) * STEP_SECONDS
+    last = int(end) // STEP_SECONDS * STEP_SECONDS
+    if last < first:
+        parser.error("--start to --end holds no 5-minute step")
+    tree = layered(settings, {}, "", PROMETHEUS_LEAVES)
+    try:
+        config = validated(RetrainConfig, {**tree, "history": last - first + STEP_SECONDS})
+        read_secret(config.prometheus.bearer_token_file)
+    except ConfigError as exc:
+        key = {"token_file": "prometheus.bearer_token_file"}.get(exc.key, exc.key)
+        message = str(exc).split(": ", 1)[-1].removeprefix("Value error, ")
+        parser.error(f"{_flag(key) if '.' in key else 'the Prometheus settings'}: {message}")
+    return PrometheusRange(config, first, last)
+
+
+def _flag(path: str) -> str:
+    return "--" + path.replace("_", "-")
+
+
+class BacktestError(Exception):
+    """A backtest that cannot run: `code` 2 for its input (too little history, no series), 1
+    when the history could not be fetched."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def needed_steps(spec: BacktestSpec, encoder: int, horizon: int) -> int:
+    """Steps of history a backtest of `MIN_ORIGINS` origins needs."""
+    return max(spec.context, encoder) + horizon + (MIN_ORIGINS - 1) * spec.origin_every
+
+
+def _hours(steps: int) -> str:
+    return f"{steps * STEP_SECONDS / 3600:.1f} h"
+
+
+def _check_length(spec: BacktestSpec, model, have: int, what: str) -> None:
+    """Refuse (exit 2) a history of `have` steps too short for `MIN_ORIGINS` origins."""
+    need = needed_steps(spec, model.encoder_length, model.horizon)
+    if have >= need:
+        return
+    raise BacktestError(
+        2,
+        f"too little history: {what} is {_hours(have)} long; a backtest needs at least "
+        f"{_hours(need)}: {_hours(max(spec.context, model.encoder_length))} before the first "
+        f"origin, {_hours(model.horizon)} ahead of the last and {MIN_ORIGINS} origins "
+        f"{spec.origin_every * STEP_SECONDS // 60} min apart. Give an earlier --start (or more "
+        "history) or a smaller --origin-every.",
+    )
+
+
+def fetch(
+    source: PrometheusRange, quantities: list[str], transport: httpx.BaseTransport | None = None
+) -> pd.DataFrame:
+    """The WIDE history of `quantities` over the range, by the contract's PromQL expressions:
+    the retrainer's `fetch_history` (a partial answer refuses, as it does there). A source
+    that fails or holds no series raises `BacktestError`."""
+    log.info(
+        "fetching %d quantities from %s, %s to %s",
+        len(quantities),
+        source.url,
+        _iso(source.start),
+        _iso(source.end),
+    )
+    try:
+        wide = fetch_history(source.config, load_contract(), quantities, source.end, transport)
+    except RunError as exc:
+        code = 2 if exc.reason == "bad_history" else 1
+        raise BacktestError(
+            code, f"cannot fetch from {source.url}: {exc.reason}: {exc.detail}"
+        ) from None
+    if wide.empty:
+        raise BacktestError(
+            2,
+            f"{source.url} has no series of any contract quantity from {_iso(source.start)} to "
+            f"{_iso(source.end)}: does it scrape node_exporter, and does it keep that much "
+            "history (--storage.tsdb.retention.time)?",
+        )
+    empty = [n for n in quantities if n in wide and not wide[n].notna().any()]
+    if empty:
+        log.warning("no data for %s: scored n/a", ", ".join(empty))
+    return wide
+
+
+def _history_dir(args: argparse.Namespace) -> Path:
+    if args.out is not None:
+        return args.out
+    if args.report is not None:
+        return args.report.with_name(f"{args.report.stem}-history")
+    return Path(tempfile.mkdtemp(prefix="backtest-history-"))
+
+
+def _fetch_to_file(
+    args: argparse.Namespace, source: PrometheusRange, spec: BacktestSpec, model
+) -> Path:
+    """Fetch what the model and the service read and write it as `server_metrics.parquet`."""
+    _check_length(spec, model, (source.end - source.start) // STEP_SECONDS + 1, "--start to --end")
+    service = Config()
+    contract = service.contract()
+    names = [*model.targets, *model.covariates]
+    wanted = (*service.targets(contract), *service.covariate_quantities(contract))
+    names += [q.name for q in wanted if q.name not in names]
+    wide = fetch(source, names)
+    out = _history_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / HISTORY_FILE
+    wide.to_parquet(path, index=False)
+    log.info("history saved to %s (rerun with --data %s)", path, out)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    args = _parser().parse_args(argv)
+    """Entry point; returns the exit code (2: bad arguments or too little history, 1: the
+    history could not be fetched)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.origin_every < 1:
+        parser.error("--origin-every must be at least 1 step")
+    if args.threads < 0:
+        parser.error("--threads must not be negative")
+    source = _prometheus_range(parser, args, time.time())
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     warnings.filterwarnings("ignore", module="pytorch_forecasting|lightning|sklearn")
+    try:
+        _run(args, source, argv)
+    except BacktestError as exc:
+        log.error("%s", exc)
+        return exc.code
+    return 0
+
+
+def _run(args: argparse.Namespace, source: PrometheusRange | None, argv: list[str] | None) -> None:
     contract = load_contract()
     registry = Registry(args.models_dir)
     version = args.version or registry.current()
@@ -252,13 +621,35 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no model version in {args.models_dir}; train one or pass --version")
     registry.verify(version, contract.version)
     bundle = load_bundle(registry.path(version))
-    quantities = [*bundle.config.targets, *bundle.config.covariates]
-    grid = to_grid(read_history(args.data, quantities), quantities)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = bundle.config
+    quantities = [*config.targets, *config.covariates]
     spec = BacktestSpec(origin_every=args.origin_every, baselines=tuple(args.baselines.split(",")))
-    result = run_backtest(bundle, grid, spec)
+    data = str(args.data)
+    if source is not None:
+        args.data = _fetch_to_file(args, source, spec, config)
+        data = f"{source.url} from {_iso(source.start)} to {_iso(source.end)}"
+    wide = read_history(args.data, quantities)
+    if wide.empty:
+        raise BacktestError(2, f"too little history: {args.data} holds no rows")
+    grid = to_grid(wide, quantities)
+    _check_length(spec, config, grid.times.size, f"the history in {args.data}")
+    started = time.monotonic()
+    served, served_info = (None, None) if args.no_served else _served(bundle, wide, grid, spec)
+    forecasts = tft_forecasts(
+        bundle, grid, origins(grid, spec, config.encoder_length, config.horizon)
+    )
+    _warn_unforecast(forecasts)
+    result = run_backtest(bundle, grid, spec, forecasts, served)
     result.update(
         version=version,
-        data=str(args.data),
+        data=data,
+        history_file=str(args.data),
+        served=served_info,
+        seconds=round(time.monotonic() - started, 1),  # the served replay and the TFT included
         command=shlex.join(["python", "-m", "training.backtest", *(argv or sys.argv[1:])]),
     )
     if args.attach:
@@ -267,8 +658,79 @@ def main(argv: list[str] | None = None) -> int:
         from training.report import write_report
 
         write_report(result, bundle, grid, args.report, args.incidents)
+        with args.report.open("a") as report:
+            report.write("\n".join(_served_section(result)) + "\n")
     log.info("backtest of %s: %s", version, json.dumps(result["summary"], indent=1))
-    return 0
+
+
+def _warn_unforecast(forecasts: np.ndarray) -> None:
+    """Say so when the TFT's fast path gave no forecast for some (origin, instance) pairs: the
+    backtest hands it the grid as it is, so one gap (or a missing quantity) in a window makes
+    that forecast NaN, and the quantity's NQL n/a."""
+    missing = ~np.isfinite(forecasts).all(axis=(2, 3, 4))
+    if missing.any():
+        log.warning(
+            "the TFT gave no forecast for %d of %d (origin, instance) pairs: their 24 h window "
+            "has a gap or lacks a quantity (the backtest feeds the model the raw grid), so its "
+            "scores are n/a there; `served` goes through the service's cleaning",
+            int(missing.sum()),
+            missing.size,
+        )
+
+
+def _served(bundle: ModelBundle, wide: pd.DataFrame, grid: Grid, spec: BacktestSpec):
+    """`served_forecasts` at the backtest's origins with the service's defaults, or (None,
+    None) for a model whose quantiles are not the service's p10/p50/p90."""
+    config = bundle.config
+    if tuple(config.quantiles) != QUANTILES:
+        log.warning("the model's quantiles %s are not the service's: no served", config.quantiles)
+        return None, None
+    return served_forecasts(
+        wide,
+        grid,
+        origins(grid, spec, config.encoder_length, config.horizon),
+        predictor=FastPredictor(bundle),
+        config=Config(),
+        targets=config.targets,
+        horizon=config.horizon,
+    )
+
+
+def _served_section(result: dict[str, Any]) -> list[str]:
+    """What the report says about the served method and where the history came from."""
+    lines = ["", "## History and the served forecast", ""]
+    source = f"`{result['history_file']}`"
+    if result["data"] != result["history_file"]:
+        source = f"{result['data']}, saved as {source} (rerun with `--data` on its directory)"
+    lines += [f"History: {source}.", ""]
+    info = result.get("served")
+    if not info:
+        return lines
+    methods = (
+        "the guard weighing the TFT and the baselines per series"
+        if info["guard"]
+        else "the TFT where it serves, the heuristic elsewhere"
+    )
+    lines += [
+        "`served` is what the forecaster would have served at each origin with its default "
+        f"settings: its own path (cleaning, {methods}, the ramp outlooks) replayed over the "
+        f"history in {info['cycles']} cycles ({info['seconds']} s), hourly and at every "
+        "origin, so that at each origin the guard has learnt from the history before it only. "
+        "Share of the (instance, origin) forecasts by the method with the most weight:",
+        "",
+    ]
+    for quantity, shares in info["methods"].items():
+        cells = ", ".join(f"{m} {_share(v)}" for m, v in shares.items()) or "none"
+        lines.append(f"- {quantity}: {cells}")
+    ratios = result["summary"].get("served_nql_8h_vs_best_baseline", {})
+    if ratios:
+        cells = ", ".join(f"{q} {r['ratio']:.2f} ({r['best']})" for q, r in ratios.items())
+        lines += ["", f"`served` NQL at 8 h over the best baseline's: {cells}."]
+    return lines
+
+
+def _share(value: float) -> str:
+    return "<1%" if 0 < value < 0.005 else f"{value:.0%}"
 
 
 if __name__ == "__main__":
