@@ -342,7 +342,19 @@ class Service:
         instances = {
             name: self._instance(result, r, derived) for r, name in enumerate(result.instances)
         }
-        environment = fleet_environment(forecasts, risk.score, config.thresholds, config.risk)
+        # The fleet's outlook counts the instances past their warm-up only: minutes of history
+        # give honest but wide bands, and an idle fleet's incident probability must not rise
+        # because the forecaster has just started (all instances still count as servers).
+        warm = np.asarray(result.lengths) >= config.cycle.warmup_steps
+        environment = replace(
+            fleet_environment(
+                {name: f[warm] for name, f in forecasts.items()},
+                risk.score[warm],
+                config.thresholds,
+                config.risk,
+            ),
+            total_servers=len(result.instances),
+        )
         return Snapshot(
             generated_at=now,
             instances=MappingProxyType(instances),

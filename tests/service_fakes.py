@@ -54,6 +54,7 @@ class FakeSource:
     requests: list[tuple[str, float, float]] = field(default_factory=list)
     fail_with: str | None = None
     override: dict[tuple[str, str], float] = field(default_factory=dict)  # (inst, q) -> value
+    first_of: dict[str, float] = field(default_factory=dict)  # instance -> its own `first`
 
     def now(self) -> float:
         if self.fail_with:
@@ -75,11 +76,12 @@ class FakeSource:
         name = EXPR_TO_NAME[expr]
         assert quantity == name
         self.requests.append((name, start, end))
-        times = np.arange(max(start, self.first), end + 1, step, dtype=np.float64)
         frames = []
         for instance in self.instances:
             if instance in self.missing.get(name, set()):
                 continue
+            first = self.first_of.get(instance, self.first)
+            times = np.arange(max(start, first), end + 1, step, dtype=np.float64)
             values = value(instance, name, times)
             if (instance, name) in self.override:
                 values = np.full_like(values, self.override[(instance, name)])

@@ -198,6 +198,25 @@ def test_risk_rises_for_a_host_heading_for_saturation():
     assert all(i.risk.score == 0 for i in others)
 
 
+def test_the_fleet_outlook_counts_only_instances_past_their_warm_up():
+    """A host at 97 % CPU raises the fleet's incident probability once it is warm; in its
+    first hours (fewer than `cycle.warmup_steps` steps held) its forecast is still served and
+    scored, but the fleet figures leave it out, so a fresh start cannot raise them."""
+    hot = {("ppdb001", "cpu_utilisation"): 0.97}
+    warm, published_warm = make_service(FakeSource(FLEET, override=hot))
+    warm.run_cycle()
+    assert published_warm[-1][0].environment.prob_30m > 0
+    young = FakeSource(FLEET, override=hot)
+    young.first_of = {"ppdb001": young.now_value - 3600}  # 1 h of history: in warm-up
+    service, published = make_service(young)
+    service.run_cycle()
+    snapshot = published[-1][0]
+    item = snapshot.instances["ppdb001"]
+    assert item.warmup_progress < 1 and item.risk.cpu_risk >= 30  # served, not hidden
+    assert snapshot.environment.prob_30m == 0.0 and snapshot.environment.high_risk_servers == 0
+    assert snapshot.environment.total_servers == len(FLEET)
+
+
 @pytest.mark.fault("B7")
 def test_pushed_records_are_forecast_like_scraped_hosts():
     source = FakeSource(FLEET)
