@@ -134,7 +134,7 @@ rules: install
 evaluation: install
 	$(VENV_PY) -m simulator history --days 14 --servers 40 --seed 6174 --end 2027-03-01T00:00:00Z --openmetrics-hours 0 --out data/eval-seed6174
 	$(VENV_PY) -m simulator history --days 20 --servers 40 --seed 4242 --end 2026-12-28T00:00:00Z --openmetrics-hours 0 --out data/tune-seed4242
-	$(VENV_PY) -m training.evaluate --data data/eval-seed6174 --tune-data data/tune-seed4242 --models.dir models --version default-v4 --report docs/EVALUATION.md --tune-probability --replay-cache data/evaluation-cache
+	$(VENV_PY) -m training.evaluation --data data/eval-seed6174 --tune-data data/tune-seed4242 --models.dir models --version default-v4 --report docs/EVALUATION.md --tune-probability --replay-cache data/evaluation-cache
 
 # The benchmark suite (docs/BENCHMARKS.md); about 15-25 min on 2 cores.
 bench: install

@@ -345,9 +345,9 @@ class EarlyWarning(_Section):
 
 
 # Chosen on the seed-4242 fleet (simulator with every precursor shape), never on an evaluation
-# fleet: the ramp settings and memory's warning by `training.ramp_study` (fit window, level,
-# pace gate and detrending together; docs/RAMP-study.md), the other probabilities by
-# `training.evaluate --tune-probability` on a replay of that fleet through the whole serving
+# fleet: the ramp settings and memory's warning by `training.evaluation.ramp_study` (fit window,
+# level, pace gate and detrending together; docs/RAMP-study.md), the other probabilities by
+# `training.evaluation --tune-probability` on a replay of that fleet through the whole serving
 # path (latency's pick there, 0.95, caught 8 % of its incidents: it keeps 0.5). Scored on
 # fleets never used for either (docs/EVALUATION.md).
 DEFAULT_EARLY_WARNING: dict[str, dict[str, Any]] = {

@@ -11,8 +11,8 @@ the service's default settings) replayed from the start of the history at the gu
 The result is JSON (attachable to the version as backtest.json), a markdown report and plots.
 
 The history is a parquet file (`--data`) or is fetched from Prometheus (`--prometheus.url`,
-`--start`, `--end`) with the contract's PromQL expressions, through the retrainer's fetch
-(`training.retrain_steps.fetch_history`, the one client `forecaster.source.PrometheusSource`),
+`--start`, `--end`) with the contract's PromQL expressions, through the fetch the retrainer
+also uses (`training.history.fetch_history`, the one client `forecaster.source.PrometheusSource`),
 then written as `server_metrics.parquet` under `--out` and scored from that file.
 """
 
@@ -35,11 +35,21 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from exporter.snapshot import QUANTILES
 from forecaster.clean import CleanConfig, clean
-from forecaster.config import Config, ConfigError, describe, layered, read_secret, validated
+from forecaster.config import LEAVES as SERVICE_LEAVES
+from forecaster.config import (
+    Config,
+    ConfigError,
+    PrometheusSettings,
+    describe,
+    layered,
+    read_secret,
+    validated,
+)
 from forecaster.contract import load_contract
 from forecaster.engine import forecast
 from forecaster.features import host_id, profile_of
@@ -53,20 +63,19 @@ from forecaster.registry import Registry
 from forecaster.window import held_steps
 from training.baselines import BASELINES
 from training.gates import BACKTEST_CONTEXT
+from training.history import HistoryError, fetch_history
 from training.metrics import HORIZONS, score_horizons
 from training.replay import Chain
-from training.retrain_config import LEAVES as RETRAIN_LEAVES
-from training.retrain_config import RetrainConfig
-from training.retrain_steps import RunError, fetch_history
 
 log = logging.getLogger("training.backtest")
 TFT = "tft"
 SERVED = "served"  # what the service would have served (guard included)
 MIN_ORIGINS = 3  # fewer origins than this is too little history to judge by
 DEFAULT_SPAN_S = 7 * 86_400  # --start defaults to --end minus this
-# Every Prometheus setting of the retrainer (`--prometheus.timeout`, `--prometheus.tls-config.*`
-# ...): the same settings class, the same flags. `--prometheus.url` is one of the two sources.
-PROMETHEUS_LEAVES = tuple(p for p in RETRAIN_LEAVES if p.startswith("prometheus."))
+# Every Prometheus setting of the retrainer and the forecaster (`--prometheus.timeout`,
+# `--prometheus.tls-config.*` ...): the same settings class (`PrometheusSettings`), the same
+# flags. `--prometheus.url` is one of the two sources.
+PROMETHEUS_LEAVES = tuple(p for p in SERVICE_LEAVES if p.startswith("prometheus."))
 DEFAULT_BASELINES = (
     "naive",
     "seasonal_naive_24h",
@@ -404,7 +413,7 @@ def _parser() -> argparse.ArgumentParser:
                 "--" + path.replace("_", "-"),
                 dest=path,
                 metavar="VALUE",
-                help=describe(RetrainConfig, path) or "as the retrainer's (docs/TRAINING.md)",
+                help=describe(FetchSettings, path) or "as the retrainer's (docs/TRAINING.md)",
             )
     parser.add_argument("--models.dir", dest="models_dir", type=Path, default=Path("models"))
     parser.add_argument("--version", help="model version (default: the current one)")
@@ -452,12 +461,22 @@ def _time(text: str) -> float:
     return value
 
 
+class FetchSettings(BaseModel):
+    """The Prometheus to fetch from (the retrainer's settings class and flags) and the
+    `history` (seconds) fetched up to the range's end."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prometheus: PrometheusSettings = PrometheusSettings()
+    history: float = Field(gt=0)
+
+
 @dataclass(frozen=True)
 class PrometheusRange:
-    """Where and what to fetch: the retrainer's settings, with the range as its `history`
+    """Where and what to fetch: the Prometheus settings, with the range as their `history`
     ending at `end` (both on the 5-minute grid)."""
 
-    config: RetrainConfig
+    config: FetchSettings
     start: int
     end: int
 
@@ -487,7 +506,7 @@ def _prometheus_range(
         parser.error("--start to --end holds no 5-minute step")
     tree = layered(settings, {}, "", PROMETHEUS_LEAVES)
     try:
-        config = validated(RetrainConfig, {**tree, "history": last - first + STEP_SECONDS})
+        config = validated(FetchSettings, {**tree, "history": last - first + STEP_SECONDS})
         read_secret(config.prometheus.bearer_token_file)
     except ConfigError as exc:
         key = {"token_file": "prometheus.bearer_token_file"}.get(exc.key, exc.key)
@@ -537,8 +556,8 @@ def fetch(
     source: PrometheusRange, quantities: list[str], transport: httpx.BaseTransport | None = None
 ) -> pd.DataFrame:
     """The WIDE history of `quantities` over the range, by the contract's PromQL expressions:
-    the retrainer's `fetch_history` (a partial answer refuses, as it does there). A source
-    that fails or holds no series raises `BacktestError`."""
+    `training.history.fetch_history`, the retrainer's too (a partial answer refuses, as there).
+    A source that fails or holds no series raises `BacktestError`."""
     log.info(
         "fetching %d quantities from %s, %s to %s",
         len(quantities),
@@ -547,8 +566,15 @@ def fetch(
         _iso(source.end),
     )
     try:
-        wide = fetch_history(source.config, load_contract(), quantities, source.end, transport)
-    except RunError as exc:
+        wide = fetch_history(
+            source.config.prometheus,
+            load_contract(),
+            quantities,
+            source.end,
+            source.config.history,
+            transport=transport,
+        )
+    except HistoryError as exc:
         code = 2 if exc.reason == "bad_history" else 1
         raise BacktestError(
             code, f"cannot fetch from {source.url}: {exc.reason}: {exc.detail}"
@@ -655,7 +681,7 @@ def _run(args: argparse.Namespace, source: PrometheusRange | None, argv: list[st
     if args.attach:
         registry.amend(version, "backtest.json", result, contract.version)
     if args.report:
-        from training.report import write_report
+        from training.backtest_report import write_report
 
         write_report(result, bundle, grid, args.report, args.incidents)
         with args.report.open("a") as report:

@@ -19,7 +19,7 @@ is one "instance" per file part:
   capacity the dataset does not state.
 
 Timestamps are not in most of these files; every part starts at `--start` (a Monday, UTC).
-These series are used only to evaluate (`training.guard_eval`), never to train or tune.
+These series are used only to evaluate (`training.evaluation.guard`), never to train or tune.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ answers its `query_range` calls from that history (`training.replay.HistorySourc
 half an hour before the injection (time enough to backfill the three days it holds) to the
 breach. At each cycle the exported 8 h breach probability is compared with the exported
 warning probability, and `for:` is applied as Prometheus applies it to a value that changes
-once per step (`training.alert_replay.hold_for`), with the `for:` of the
+once per step (`training.evaluation.alerts.hold_for`), with the `for:` of the
 NodeForecastMemoryExhaustion warning in `prometheus/rules/alerts.yml`. The rule's PromQL
 itself is exercised against real Prometheus by `promtool test rules`
 (tests/unit/test_alert_rules.py); this test is about the forecast's timing.
@@ -37,7 +37,7 @@ from simulator import signals as sim
 from simulator.engine import Engine
 from simulator.fleet import build_fleet
 from simulator.history import frame_of
-from training import alert_replay as ar
+from training.evaluation import alerts as ar
 from training.replay import Chain, HistorySource
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]

@@ -115,7 +115,7 @@ def _simulator() -> dict[str, set[str]]:
 
 
 def _retrainer() -> dict[str, set[str]]:
-    from training.retrain_config import _parser
+    from training.retrain.config import _parser
 
     return _options(_parser())
 
@@ -159,20 +159,21 @@ def test_the_training_page_lists_every_retrainer_flag():
 
 def test_the_training_page_names_only_flags_of_the_training_commands():
     """Besides the retrainer's, the page quotes flags of `python -m training.train`,
-    `.calibrate`, `.backtest`, `.guard_eval` and `.real_data`: each must be one of theirs."""
+    `.calibrate`, `.backtest`, `.evaluation.guard` and `.real_data`: each must be one of theirs."""
     known = _all(_retrainer())
-    for module in sorted((ROOT / "training").glob("*.py")):
+    for module in sorted((ROOT / "training").rglob("*.py")):
         known |= _source_flags(module)
     written = set(FLAG.findall(_text("TRAINING.md"))) - HELP
     assert written - known == set()
 
 
 def test_the_readme_names_only_real_flags():
-    """The demo's flags (`python -m stack demo`), the forecaster's and `training.guard_eval`'s."""
+    """The demo's flags (`python -m stack demo`), the forecaster's and the guard evaluation's
+    (`python -m training.evaluation.guard`)."""
     from stack.config import build_parser
 
     known = _all(_options(build_parser())) | _all(_forecaster())
-    known |= _source_flags(ROOT / "training" / "guard_eval.py")
+    known |= _source_flags(ROOT / "training" / "evaluation" / "guard.py")
     written = set(FLAG.findall(README.read_text(encoding="utf-8"))) - HELP
     assert written - known == set()
 
@@ -263,7 +264,7 @@ def test_the_api_page_lists_every_metrics_family():
 
 
 def test_the_training_page_lists_every_retrainer_metric():
-    from training.retrain_metrics import RetrainMetrics
+    from training.retrain.metrics import RetrainMetrics
 
     metrics = RetrainMetrics(("promoted", "rejected", "failed"), ("error",), 604800.0)
     exported = {

@@ -11,7 +11,7 @@ import pytest
 
 from forecaster.config import DEFAULT_EARLY_WARNING, Config
 from forecaster.trend import predict_linear
-from training import alert_replay as ar
+from training.evaluation import alerts as ar
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "prometheus" / "rules" / "alerts.yml"
@@ -223,7 +223,7 @@ def test_evaluation_runs_end_to_end_on_a_tiny_history(tmp_path):
     pytest.importorskip("torch")
     from simulator.fleet import build_fleet
     from simulator.history import HistorySpec, write_history
-    from training.evaluate import main
+    from training.evaluation.early_warning import main
 
     last, steps = 1_797_000_000 // STEP, 432  # 36 h of 2 servers
     for name, seed in (("eval", 5), ("tune", 6)):

@@ -32,7 +32,7 @@ STALE_AFTER = 1800.0
 SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")  # as prometheus_client writes them
 # Names served by other processes than the forecaster's `/metrics`; the forecaster registers no
 # process or platform collector, so no other `forecaster_*` name comes from it.
-RETRAINER = {  # training/retrain_metrics.py `RetrainMetrics`: the retrainer's own `/metrics`
+RETRAINER = {  # training/retrain/metrics.py `RetrainMetrics`: the retrainer's own `/metrics`
     "forecaster_retrain_runs_total",
     "forecaster_retrain_rejections_total",
     "forecaster_retrain_failures_total",
@@ -161,7 +161,7 @@ def exported_names() -> set[str]:
 
 
 def test_the_retrainer_allowlist_is_what_the_retrainer_exports():
-    from training.retrain_metrics import RetrainMetrics
+    from training.retrain.metrics import RetrainMetrics
 
     metrics = RetrainMetrics(("promoted", "rejected", "failed"), ("error",), 604800.0)
     assert {_exposed(m.name, m.type) for m in metrics.registry.collect()} == RETRAINER

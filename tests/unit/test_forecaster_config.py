@@ -156,7 +156,7 @@ def test_check_config_validates_and_exits_0(capsys):
 
 # --- --help: every flag says what it is and its default -----------------------------------------
 
-PARSERS = ("forecaster.config", "training.retrain_config")
+PARSERS = ("forecaster.config", "training.retrain.config")
 DEFAULT = re.compile(r"\(default: ([^)]*)\)")
 
 
@@ -239,7 +239,7 @@ def _same_default(shown: str, documented: str) -> bool:
     ("module", "page", "heading"),
     [
         ("forecaster.config", "SERVICE.md", "Flags and environment"),
-        ("training.retrain_config", "TRAINING.md", "Retrainer flags"),
+        ("training.retrain.config", "TRAINING.md", "Retrainer flags"),
     ],
 )
 def test_help_defaults_agree_with_the_documented_ones(module: str, page: str, heading: str):

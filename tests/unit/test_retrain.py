@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-import training.retrainer as retrainer_module
+import training.retrain.retrainer as retrainer_module
 from forecaster.config import ConfigError
 from forecaster.registry import POINTER, Registry
 from simulator.fleet import build_fleet
@@ -41,17 +41,17 @@ from training.gates import (
     quantile_health,
     split_history,
 )
-from training.retrain import first_run, main
-from training.retrain_app import build_app
-from training.retrain_config import load_config
-from training.retrain_steps import (
+from training.history import load_history
+from training.retrain.app import build_app
+from training.retrain.config import load_config
+from training.retrain.retrainer import REPORT, WORK_PREFIX, Retrainer
+from training.retrain.service import first_run, main
+from training.retrain.steps import (
     BusyError,
     child_env,
-    load_history,
     run_lock,
     trainer_command,
 )
-from training.retrainer import REPORT, WORK_PREFIX, Retrainer
 
 ROOT = Path(__file__).resolve().parents[2]
 LAST = 1_795_305_600 // 300  # 2026-11-22 00:00 UTC, in steps

@@ -29,7 +29,7 @@ from tools.rules.alerts import (
     in_words,
     thresholded_quantities,
 )
-from training.alert_replay import parse_forecast_rules
+from training.evaluation.alerts import parse_forecast_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS_FILE = ROOT / "prometheus" / "rules" / "alerts.yml"

@@ -61,7 +61,7 @@ def test_every_listeners_help_states_the_rule(capsys):
     """The forecaster's, the simulator's and the retrainer's --help say what the code does."""
     from forecaster.config import _parser as forecaster_parser
     from simulator.config import _parser as simulator_parser
-    from training.retrain_config import _parser as retrain_parser
+    from training.retrain.config import _parser as retrain_parser
 
     simulator_serve = simulator_parser()._subparsers._group_actions[0].choices["serve"]
     for parser in (forecaster_parser(), simulator_serve, retrain_parser()):

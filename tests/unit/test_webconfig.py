@@ -444,10 +444,10 @@ def test_credentials_let_the_forecaster_and_retrainer_listen_beyond_loopback(
         argv = ["--state.dir", str(tmp_path / "s"), "--web.listen-address", "0.0.0.0:0"]
         monkeypatch.setattr("forecaster.__main__.build", _refuse_build)
     else:
-        from training.retrain import main
+        from training.retrain.service import main
 
         argv = ["--web.listen-address", "0.0.0.0:0", "--models.dir", str(tmp_path / "m")]
-        monkeypatch.setattr("training.retrain.serve", _refuse_build)
+        monkeypatch.setattr("training.retrain.service.serve", _refuse_build)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
     assert main(argv, {}) == 2  # neither a token nor credentials: refused
     with pytest.raises(_StartedError) as started:

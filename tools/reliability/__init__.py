@@ -29,7 +29,7 @@ SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
 def exported_names() -> frozenset[str]:
     """`forecaster_*` families the forecaster's and the retrainer's `/metrics` write."""
     from exporter.families import FAMILIES
-    from training.retrain_metrics import RetrainMetrics
+    from training.retrain.metrics import RetrainMetrics
 
     names = {family.name for family in FAMILIES}
     metrics = RetrainMetrics(("promoted", "rejected", "failed"), ("error",), 604800.0)

@@ -17,7 +17,7 @@ from prometheus_client.exposition import generate_latest
 from starlette.exceptions import HTTPException
 
 from forecaster.registry import RegistryError
-from training.retrainer import BusyError, Retrainer
+from training.retrain.retrainer import BusyError, Retrainer
 
 EXPOSITION_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

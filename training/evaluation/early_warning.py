@@ -1,11 +1,12 @@
-"""`python -m training.evaluate`: early warning on labelled incidents, forecast alerts vs baselines.
+"""`python -m training.evaluation`: early warning on labelled incidents, forecast alerts vs
+baselines.
 
 A simulator history (a seed and period the model was not trained on) is replayed through the
 forecaster's own path at every 5-minute origin (`training.replay`); the `NodeForecast*` rules of
 `prometheus/rules/alerts.yml` are applied to the replayed breach probabilities exactly as
-written (thresholds and `for:` parsed from the file, `training.alert_replay`). In the same run
+written (thresholds and `for:` parsed from the file, `training.evaluation.alerts`). In the same run
 two baseline families alert on the history itself, each tuned on a separate tuning history (the
-model's training period) with one rule (`alert_replay.select`): a static threshold on the
+model's training period) with one rule (`alerts.select`): a static threshold on the
 current value (reactive) and node-mixin style `predict_linear(x[W], H) > threshold`. Every
 method is scored per incident kind and overall: recall, precision, lead time, false alerts per
 node-day. Results go to a JSON file and a markdown report with plots.
@@ -36,8 +37,8 @@ import pandas as pd
 from forecaster.config import load_config
 from forecaster.grid import STEP_SECONDS
 from forecaster.model.dataset import epoch_seconds
-from training import alert_replay as ar
-from training.alert_methods import (
+from training.evaluation import alerts as ar
+from training.evaluation.methods import (
     FACTORS,
     FOR_OPTIONS,
     OURS,
@@ -62,7 +63,7 @@ from training.replay import (
     service_check,
 )
 
-log = logging.getLogger("training.evaluate")
+log = logging.getLogger("training.evaluation")
 
 
 def provenance(argv: list[str], started: float, threads: int) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def provenance(argv: list[str], started: float, threads: int) -> dict[str, Any]:
     return {
         "git_revision": revision,
         "git_dirty": dirty,
-        "command": shlex.join(["python", "-m", "training.evaluate", *argv]),
+        "command": shlex.join(["python", "-m", "training.evaluation", *argv]),
         "generated": pd.Timestamp(started, unit="s", tz="UTC").isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
@@ -298,7 +299,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], dict
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.evaluation", description=__doc__)
     parser.add_argument("--data", type=Path, required=True, help="evaluation history directory")
     parser.add_argument("--tune-data", type=Path, required=True, help="history to tune baselines")
     parser.add_argument("--models.dir", dest="models_dir", type=Path, default=Path("models"))
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.json or args.report.parent / "evaluation.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
-    from training.evaluation_report import write_report
+    from training.evaluation.report import write_report
 
     write_report(result, extra, args.report)
     log.info("wrote %s and %s", path, args.report)

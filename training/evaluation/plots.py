@@ -1,4 +1,4 @@
-"""PNG plots of `python -m training.evaluate` (matplotlib, no pyplot state).
+"""PNG plots of `python -m training.evaluation` (matplotlib, no pyplot state).
 
 * a fan chart around one incident of each kind (the median precursor length among those the
   replay kept): the actual series, the forecast band from the first early alert (or from 1 h
@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from forecaster.grid import STEP_SECONDS
-from training import alert_replay as ar
+from training.evaluation import alerts as ar
 
 KIND_COLOURS = {
     "memory_leak": "tab:blue",

@@ -1,7 +1,8 @@
-"""The retrainer's steps: the run lock, history, the child trainer's argv and the backtest gate.
+"""The retrainer's steps: the run lock, the child trainer's argv and the backtest gate.
 
 Each step raises `RunError` with a reason from `FAILURES` (a bounded label set of
-`forecaster_retrain_failures_total{reason}`); `training.retrainer` strings them together.
+`forecaster_retrain_failures_total{reason}`; the history's own, `training.history.REASONS`,
+among them); `training.retrain.retrainer` strings them together.
 """
 
 from __future__ import annotations
@@ -15,17 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 
-from forecaster.config import read_secret
-from forecaster.contract import Contract
-from forecaster.grid import STEP_SECONDS, combine
-from forecaster.history_files import read_history
+from forecaster.grid import STEP_SECONDS
 from forecaster.model.config import TFTConfig
-from forecaster.source import PrometheusSource, SourceError
 from training.gates import Verdict, judge, quantile_health
-from training.retrain_config import RetrainConfig
+from training.retrain.config import RetrainConfig
 
 FAILURES = (
     "locked",
@@ -125,90 +121,6 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
-
-
-def load_history(
-    config: RetrainConfig,
-    contract: Contract,
-    quantities: list[str],
-    now: float,
-    transport: httpx.BaseTransport | None = None,
-) -> pd.DataFrame:
-    """The latest `config.history` of every quantity, from `config.data` or Prometheus."""
-    if config.data is None:
-        return fetch_history(config, contract, quantities, now, transport)
-    try:
-        wide = read_history(config.data, quantities)
-    except (OSError, ValueError) as exc:
-        raise RunError("bad_history", str(exc)) from None
-    if wide.empty:
-        return wide
-    first = wide["timestamp"].max() - pd.Timedelta(seconds=config.history)
-    return wide[wide["timestamp"] > first].reset_index(drop=True)
-
-
-def fetch_history(
-    config: RetrainConfig,
-    contract: Contract,
-    quantities: list[str],
-    now: float,
-    transport: httpx.BaseTransport | None = None,
-) -> pd.DataFrame:
-    """One query_range per quantity over the last `config.history`; a partial answer
-    (Prometheus warnings, Thanos/VictoriaMetrics partial flags) refuses the run."""
-    end = now // STEP_SECONDS * STEP_SECONDS
-    start = end - config.history + STEP_SECONDS
-    token = read_secret(config.prometheus.bearer_token_file)
-    parts: dict[str, pd.DataFrame] = {}
-    try:
-        with PrometheusSource(config.prometheus, transport=transport, token=token) as source:
-            for name in quantities:
-                result = source.query_range(contract[name].expr, start, end, quantity=name)
-                if result.partial:
-                    raise RunError("partial_history", f"{name}: {'; '.join(result.warnings)}")
-                parts[name] = result.frame
-    except SourceError as exc:
-        raise RunError("source_error", f"{exc.reason}: {exc.detail[:200]}") from None
-    except KeyError as exc:
-        raise RunError("bad_history", f"no expression for {exc}") from None
-    return combine(parts)
-
-
-PROBE_STEP_S = 3600  # the history probe's resolution
-
-
-def history_span(
-    config: RetrainConfig,
-    contract: Contract,
-    quantity: str,
-    now: float,
-    transport: httpx.BaseTransport | None = None,
-) -> float:
-    """Seconds of `quantity`'s history that Prometheus (or `config.data`) holds, looking back
-    at most `config.first_run_after`: one coarse query (a point an hour), so that the
-    retrainer can tell when a first run has enough data without pulling it all."""
-    if config.data is not None:
-        try:
-            wide = read_history(config.data, [quantity])
-        except (OSError, ValueError) as exc:
-            raise RunError("bad_history", str(exc)) from None
-        if wide.empty:
-            return 0.0
-        return float((wide["timestamp"].max() - wide["timestamp"].min()).total_seconds())
-    end = now // PROBE_STEP_S * PROBE_STEP_S
-    start = end - config.first_run_after
-    token = read_secret(config.prometheus.bearer_token_file)
-    try:
-        with PrometheusSource(config.prometheus, transport=transport, token=token) as source:
-            result = source.query_range(
-                contract[quantity].expr, start, end, step=PROBE_STEP_S, quantity=quantity
-            )
-    except SourceError as exc:
-        raise RunError("source_error", f"{exc.reason}: {exc.detail[:200]}") from None
-    frame = result.frame.dropna(subset=[quantity])
-    if frame.empty:
-        return 0.0
-    return float(end - frame["timestamp"].min().timestamp())
 
 
 def backtest_gate(

@@ -1,6 +1,6 @@
-"""Markdown report of `python -m training.evaluate` (early warning on incidents).
+"""Markdown report of `python -m training.evaluation` (early warning on incidents).
 
-The plots it embeds are drawn by `training.evaluation_plots` into `img/` beside the report.
+The plots it embeds are drawn by `training.evaluation.plots` into `img/` beside the report.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.evaluation_plots import draw_plots
+from training.evaluation.plots import draw_plots
 
 OURS = "forecast_rules"
 GOAL_RECALL = 0.9

@@ -38,16 +38,15 @@ from forecaster.contract import Contract, load_contract
 from forecaster.model.config import TFTConfig
 from forecaster.registry import TMP_PREFIX, Registry, RegistryError, new_version, write_json_atomic
 from training.gates import Verdict, history_problem, holdout_start, split_history
-from training.retrain_config import RetrainConfig
-from training.retrain_metrics import RetrainMetrics
-from training.retrain_steps import (
+from training.history import HistoryError, history_span, load_history
+from training.retrain.config import RetrainConfig
+from training.retrain.metrics import RetrainMetrics
+from training.retrain.steps import (
     FAILURES,
     BusyError,
     RunError,
     backtest_gate,
     child_env,
-    history_span,
-    load_history,
     lower_priority,
     model_quantities,
     run_lock,
@@ -145,9 +144,14 @@ class Retrainer:
         quantity = model_quantities(self._model_config())[0]
         try:
             span = history_span(
-                self.config, self.contract, quantity, self._clock(), self._transport
+                self.config,
+                self.contract,
+                quantity,
+                self._clock(),
+                self.config.first_run_after,
+                transport=self._transport,
             )
-        except RunError as exc:
+        except HistoryError as exc:
             log.warning("first-run probe failed (%s): %s", exc.reason, exc)
             return False
         self.history_available = span
@@ -290,9 +294,12 @@ class Retrainer:
         quantities = list(dict.fromkeys(model_quantities(config) + (current[1] if current else [])))
         window = self.config.window()
         with self._stage(report, "fetch"):
-            wide = load_history(
-                self.config, self.contract, quantities, self._clock(), self._transport
-            )
+            try:
+                wide = load_history(
+                    self.config, self.contract, quantities, self._clock(), self._transport
+                )
+            except HistoryError as exc:
+                raise RunError(exc.reason, exc.detail) from None
         problem = history_problem(wide, window)
         if problem is not None:
             raise RunError("history_too_short", problem)

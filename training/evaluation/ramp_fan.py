@@ -1,4 +1,5 @@
-"""`python -m training.ramp_fan`: which ramp fan tells the truth once the ramp has taken over.
+"""`python -m training.evaluation.ramp_fan`: which ramp fan tells the truth once the ramp has
+taken over.
 
 Where the ramp outlook takes over (`forecaster.trend.ramp_takeover` with the shipped rules of
 `forecaster.config.DEFAULT_EARLY_WARNING`, at every 5-minute origin of a history, from the
@@ -34,9 +35,9 @@ from exporter.snapshot import QUANTILES
 from forecaster.config import load_config
 from forecaster.grid import HORIZON_STEPS
 from forecaster.trend import ramp_forecast, ramp_rules, ramp_takeover
-from training.alert_methods import load_dataset
+from training.evaluation.methods import load_dataset
 
-log = logging.getLogger("training.ramp_fan")
+log = logging.getLogger("training.evaluation.ramp_fan")
 HORIZONS = {"30m": 6, "2h": 24, "8h": 96}
 LOW, MID, HIGH = QUANTILES.index(0.1), QUANTILES.index(0.5), QUANTILES.index(0.9)
 
@@ -133,7 +134,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.ramp_fan", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluation.ramp_fan", description=__doc__
+    )
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--knee", type=int, default=12, help="steps after the bend, at least")
     parser.add_argument("--json", type=Path, default=Path("docs/ramp_fan.json"))

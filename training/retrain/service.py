@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from forecaster.config import ConfigError, read_secret
-from training.retrain_config import RetrainConfig, load_config
+from training.retrain.config import RetrainConfig, load_config
 from webcommon.address import is_loopback, split_address
 from webcommon.webconfig import WebConfig, WebConfigError, load_web_config
 
@@ -64,7 +64,7 @@ def serve(config: RetrainConfig, retrainer, token: str | None, web: WebConfig | 
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.interval import IntervalTrigger
 
-    from training.retrain_app import build_app
+    from training.retrain.app import build_app
 
     host, port = split_address(config.web.listen_address)
     start = first_run(time.time(), config.interval, retrainer.last_finished())
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         )
         return 2
     _configure_logging(config.log.level)
-    from training.retrainer import Retrainer, lower_priority
+    from training.retrain.retrainer import Retrainer, lower_priority
 
     lower_priority(0, config.nice)
     retrainer = Retrainer(config, environ)

@@ -1,10 +1,11 @@
-"""`python -m training.ramp_study`: the ramp outlook alone as an alerting method, vs the baselines.
+"""`python -m training.evaluation.ramp_study`: the ramp outlook alone as an alerting method, vs
+the baselines.
 
 The ramp outlook (`forecaster.trend.ramp_forecast`) needs no model, so it can be measured on
 every 5-minute origin of a history in seconds. For each quantity and each candidate window, a
 probability threshold and `for:` are chosen on the tuning history with the rule every baseline
-uses (`training.alert_replay.select`); the chosen setting is then applied, unchanged, to the
-evaluation history, beside the same tuned baselines as `training.evaluate` (static threshold,
+uses (`training.evaluation.alerts.select`); the chosen setting is then applied, unchanged, to the
+evaluation history, beside the same tuned baselines as `training.evaluation` (static threshold,
 predict_linear). The ramp's probability is that of `forecaster.risk.breach_outlook` over 8 h
 against each quantity's critical threshold, on a window of 3 days, as the service holds.
 
@@ -28,8 +29,8 @@ from forecaster.config import load_config
 from forecaster.grid import HORIZON_STEPS
 from forecaster.risk import breach_outlook
 from forecaster.trend import deviation_z, paced, ramp_forecast
-from training import alert_replay as ar
-from training.alert_methods import (
+from training.evaluation import alerts as ar
+from training.evaluation.methods import (
     FOR_OPTIONS,
     PROBABILITIES,
     baseline_methods,
@@ -37,7 +38,7 @@ from training.alert_methods import (
 )
 from training.replay import first_origin
 
-log = logging.getLogger("training.ramp_study")
+log = logging.getLogger("training.evaluation.ramp_study")
 WINDOWS = (12, 24, 48, 72)  # candidate fit windows in steps: 1 h, 2 h, 4 h, 6 h
 # Level gates: the alert also needs the current value above factor x the critical threshold
 # (node-mixin's fill-up alerts pair predict_linear with such a level); 0 is no gate.
@@ -214,7 +215,9 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.ramp_study", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluation.ramp_study", description=__doc__
+    )
     parser.add_argument("--tune-data", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument(

@@ -1,9 +1,9 @@
-"""The alerting methods compared by `training.evaluate`, their tuning, and their scores.
+"""The alerting methods compared by `training.evaluation`, their tuning, and their scores.
 
 * `forecast_rules`: the `NodeForecast*` rules of alerts.yml on the replayed breach probabilities
   (warning and critical; `forecast_rules_critical_only` the critical ones alone), as written.
 * Baselines on the history itself, each tuned per quantity on the tuning history by
-  `alert_replay.select` over threshold = factor x the critical threshold and `for:` 5m or 10m:
+  `alerts.select` over threshold = factor x the critical threshold and `for:` 5m or 10m:
   `static_threshold` (the current value, reactive) and `predict_linear_<W>_<H>`
   (`predict_linear(x[W], H) > threshold`, W 1h or 6h, H 1h or 4h).
 * Optionally `forecast_rules_tuned_probability`: our rules with their probability threshold
@@ -26,8 +26,8 @@ from forecaster.history_files import read_history
 from forecaster.model.dataset import epoch_seconds
 from forecaster.trend import predict_linear
 from simulator.schedule import PRECURSOR_SHAPES, SHAPES
-from training import alert_replay as ar
 from training.backtest import Grid, to_grid
+from training.evaluation import alerts as ar
 from training.replay import FanRequest, Replay, first_origin
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,15 @@
 """Replay of the service's forecast path with and without the guard, scored per series.
 
-`python -m training.guard_eval --data DIR [--data DIR ...] --report docs/GUARD.md` replays, for
-every history (the simulator's `server_metrics.parquet` layout, or a converted real dataset),
-the forecaster's own path at hourly origins after a warm-up of `--warmup` (default 3 days, the
-history the guard holds): `forecaster.clean.clean` on the window the service holds, then
-`forecaster.engine.forecast` with the service's `Guard` and ramp outlooks (`served`), and on
-the same origins the TFT alone, the service without the guard (`unguarded`: the TFT where it
-serves, the heuristic elsewhere), seasonal naive 24 h with bands from its own past errors
-(`seasonal_naive`) and the heuristic's damped trend (`heuristic`, the guard's third
-candidate and the service's fallback on a 24 h window). Every contract quantity is a column of the
-window, so a history without some of them feeds the model what the service would (absent
+`python -m training.evaluation.guard --data DIR [--data DIR ...] --report docs/GUARD.md`
+replays, for every history (the simulator's `server_metrics.parquet` layout, or a converted
+real dataset), the forecaster's own path at hourly origins after a warm-up of `--warmup`
+(default 3 days, the history the guard holds): `forecaster.clean.clean` on the window the
+service holds, then `forecaster.engine.forecast` with the service's `Guard` and ramp outlooks
+(`served`), and on the same origins the TFT alone, the service without the guard (`unguarded`:
+the TFT where it serves, the heuristic elsewhere), seasonal naive 24 h with bands from its own
+past errors (`seasonal_naive`) and the heuristic's damped trend (`heuristic`, the guard's third
+candidate and the service's fallback on a 24 h window). Every contract quantity is a column of
+the window, so a history without some of them feeds the model what the service would (absent
 inputs as zeros).
 
 Scores, per (series = instance x target quantity) and method: NQL (the TFT paper's q-risk,
@@ -341,7 +341,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training.guard_eval",
+        prog="python -m training.evaluation.guard",
         description=__doc__,
         epilog="Any other flag is a forecaster setting, e.g. --guard.power 4.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     meta = {
         "header": args.header or f"Model `{model.version}`.",
-        "commands": args.command or ["python -m training.guard_eval " + " ".join(argv or [])],
+        "commands": args.command or ["python -m training.evaluation.guard " + " ".join(argv or [])],
     }
     if args.json:
         saved = {"results": results, "meta": meta}
