@@ -117,10 +117,11 @@ def expected_numbers() -> dict[str, set[float]]:
 
     config = Config()
     # forecast alerts compare with the exported forecaster_alert_probability_threshold: no number
-    expected: dict[str, set[float]] = {rule_id(r): set() for r in forecast_rules()}
+    # ... and 1 is the warm-up ratio's end (`forecaster_warmup_progress_ratio < 1`: in warm-up)
+    expected: dict[str, set[float]] = {rule_id(r): {1} for r in forecast_rules()}
     expected |= {
-        "NodeForecastRiskHigh/critical": {config.risk.p1},
-        "NodeForecastRiskHigh/warning": {config.risk.p2},
+        "NodeForecastRiskHigh/critical": {config.risk.p1, 1},
+        "NodeForecastRiskHigh/warning": {config.risk.p2, 1},
         "FleetIncidentProbabilityHigh/critical": {DEFAULT_FLEET_RULES.critical_above},
         "FleetIncidentProbabilityHigh/warning": {DEFAULT_FLEET_RULES.warning_above},
         "ForecasterDown/critical": {0},

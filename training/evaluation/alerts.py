@@ -55,7 +55,10 @@ FORECAST_EXPR = re.compile(
     r"(?:(?P<threshold>[0-9]+(?:\.[0-9]+)?)"
     r"|on \(quantity\) group_left \(\) max by \(quantity\) \( "
     r'forecaster_alert_probability_threshold\{quantity="(?P=quantity)",'
-    r'severity="(?P<severity>[a-z]+)"\} \))$'
+    r'severity="(?P<severity>[a-z]+)"\} \))'
+    # the warm-up clause: replayed origins start once the warm-up's history is held
+    r"(?: unless on \(instance\) \( ?max by \(instance\) \( ?"
+    r"forecaster_warmup_progress_ratio ?\) < 1 ?\))?$"
 )
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
