@@ -17,13 +17,15 @@ DAEMON_PATTERN := ^/usr/bin/prometheus
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test install apt lint clean model dashboards rules evaluation bench faults soak
+.PHONY: help demo test install apt lint clean model dashboards rules evaluation bench faults soak fuzz fuzz-long
 
 help:
 	@echo "make demo     install what is missing, then start the demo stack (python -m stack demo)"
 	@echo "make test     install what is missing, then run every test"
 	@echo "make faults   the fault catalogue as one stage (pytest -m fault), ending with its count"
 	@echo "make soak     the 10-minute soak of the real forecaster under load (catalogue F5)"
+	@echo "make fuzz     the fuzz stage: 500 examples per property (pytest -m fuzz, about 45 s)"
+	@echo "make fuzz-long  each fuzz target for 5 min; rewrites docs/FUZZ.md"
 	@echo "make install  Debian packages + virtual environment $(VENV) with the project"
 	@echo "make apt      only the Debian packages: $(APT_PACKAGES)"
 	@echo "make lint     ruff check, ruff format --check, lint-imports, mypy"
@@ -58,6 +60,13 @@ faults: install
 # (SOAK_SECONDS to change it); `python -m tools.soak --report docs/SOAK.md` for a long run.
 soak: install
 	$(VENV_PY) -m pytest -m soak -p no:cacheprovider -s
+
+# Hypothesis properties of every parser and loader (tests/fuzz, docs/FUZZ.md).
+fuzz: install
+	$(VENV_PY) -m pytest -m fuzz -p no:cacheprovider tests/fuzz
+
+fuzz-long: install
+	$(VENV_PY) -m tools.fuzz --seconds 300 --report docs/FUZZ.md
 
 install: apt $(STAMP)
 

@@ -32,6 +32,7 @@ order, or repeated, give the same arrays as the sorted, unique frame.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ def _place(
     codes, instances = pd.factorize(frame["instance"][present].astype(str), sort=True)
     nanos = nanos[present]
     step_ns = config.step_seconds * 1_000_000_000
-    steps_back = (end.value - -(-nanos // step_ns) * step_ns) // step_ns  # ceil to the grid
+    steps_back = end.value // step_ns + nanos // -step_ns  # its step, ceiled; no int64 overflow
     counts["future"] += int(np.count_nonzero(steps_back < 0))
     counts["unsorted"] += _count_unsorted(codes, nanos)
     width = config.context_steps
@@ -195,15 +196,15 @@ def _count_unsorted(codes: np.ndarray, nanos: np.ndarray) -> int:
     """Rows earlier than the row before them of the same instance, in input order."""
     by_instance = np.argsort(codes, kind="stable")
     same = codes[by_instance][1:] == codes[by_instance][:-1]
-    return int(np.count_nonzero(same & (np.diff(nanos[by_instance]) < 0)))
+    times = nanos[by_instance]
+    return int(np.count_nonzero(same & (times[1:] < times[:-1])))  # np.diff could overflow
 
 
 def _scatter(
     column: pd.Series, rows: np.ndarray, cells: np.ndarray, out: np.ndarray, counts: Counter
 ) -> None:
     """Write the latest finite value per cell of `column` (rows sorted by cell, then time)."""
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    values = values[rows]
+    values = _as_float64(column)[rows]
     counts["nan"] += int(np.count_nonzero(np.isnan(values)))
     counts["inf"] += int(np.count_nonzero(np.isinf(values)))
     finite = np.isfinite(values)
@@ -211,6 +212,24 @@ def _scatter(
     last = np.ones(cells.size, dtype=bool)
     last[:-1] = cells[1:] != cells[:-1]
     out[cells[last]] = values[last]
+
+
+def _as_float64(column: pd.Series) -> np.ndarray:
+    """A column as float64: a cell that is no real number, or none float64 holds, is NaN."""
+    try:
+        numbers = pd.to_numeric(column, errors="coerce")
+        return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (OverflowError, TypeError, ValueError):  # an int beyond float64, a complex number
+        return np.array([_cell_float64(value) for value in column], dtype=np.float64)
+
+
+def _cell_float64(value: object) -> float:
+    if not pd.api.types.is_scalar(value):
+        return math.nan
+    try:
+        return float(pd.to_numeric(value, errors="coerce"))  # type: ignore[arg-type]
+    except (OverflowError, TypeError, ValueError):
+        return math.nan
 
 
 def _clip(
@@ -281,10 +300,13 @@ def _fill(
     counts["gap_filled"] += int(np.count_nonzero(short))
     counts["long_gap"] += int(np.count_nonzero(~short))
     weight = (at - prev) / np.maximum(next_ - prev, 1)
-    values = np.where(observed, grid, 0.0)
-    values[row, at, column] = np.where(
-        inner & short, left * (1.0 - weight) + right * weight, np.where(prev >= 0, left, right)
+    # between its neighbours even where rounding is not (x * (1 - w) + x * w can be x + 1 ulp,
+    # past a domain bound; a product of subnormals can vanish)
+    between = np.clip(
+        left * (1.0 - weight) + right * weight, np.minimum(left, right), np.maximum(left, right)
     )
+    values = np.where(observed, grid, 0.0)
+    values[row, at, column] = np.where(inner & short, between, np.where(prev >= 0, left, right))
     return values
 
 

@@ -44,6 +44,7 @@ KEYS = ("instance", "timestamp")
 # datetime64[ns] spans about +-292 years around 1970; unix seconds beyond that are invalid.
 MAX_UNIX_SECONDS = 9.2e9
 NAT = np.iinfo(np.int64).min  # NaT as int64 nanoseconds
+_MAX_NANOS = int(MAX_UNIX_SECONDS * 1e9)
 
 
 def combine(parts: Mapping[str, pd.DataFrame], step: int = STEP_SECONDS) -> pd.DataFrame:
@@ -117,8 +118,11 @@ def utc_index(nanos: np.ndarray) -> pd.DatetimeIndex:
 
 
 def nanoseconds(stamps: pd.Series) -> np.ndarray:
-    """Unix nanoseconds (int64) of a datetime64[ns, UTC] series; NaT is the int64 minimum."""
-    return stamps.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    """Unix nanoseconds (int64) of a datetime64[ns, UTC] series; NaT is the int64 minimum, and
+    so is a time beyond `MAX_UNIX_SECONDS` (as for unix seconds: its step on the grid could
+    pass what int64 nanoseconds hold)."""
+    nanos = stamps.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return np.where((nanos > -_MAX_NANOS) & (nanos < _MAX_NANOS), nanos, NAT)
 
 
 def seconds_to_utc(seconds: np.ndarray, index: pd.Index | None = None) -> pd.Series:

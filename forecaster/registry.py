@@ -31,6 +31,7 @@ MANIFEST = "training_info.json"
 TMP_PREFIX = ".tmp-"
 VERSION_RE = re.compile(r"^[0-9a-z_.-]{1,64}$")
 ALLOWED_SUFFIXES = (".safetensors", ".json")
+MAX_FILE_NAME = 128  # the longest file name a manifest may list (its schema's limit)
 KEEP_VERSIONS = 3
 
 
@@ -79,6 +80,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     _fsync_dir(path.parent)
 
 
+def _listable(name: object) -> bool:
+    """Whether a manifest may list `name`: a plain file name in the version's directory."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_FILE_NAME
+        and "/" not in name
+        and "\x00" not in name
+        and name.endswith(ALLOWED_SUFFIXES)
+    )
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The parsed training_info.json of a version."""
@@ -103,7 +115,7 @@ class Registry:
 
     def path(self, version: str) -> Path:
         """Directory of `version`; the name is validated so it cannot leave the root."""
-        if not VERSION_RE.match(version) or version.startswith("."):
+        if not isinstance(version, str) or not VERSION_RE.match(version) or version[0] == ".":
             raise RegistryError("invalid_name", f"invalid model version name {version!r}")
         return self.root / version
 
@@ -115,11 +127,15 @@ class Registry:
         return sorted(n for n in names if VERSION_RE.match(n) and not n.startswith("."))
 
     def pointer(self) -> dict[str, str | None]:
-        """The current pointer ({"version": None, ...} when there is none)."""
+        """The current pointer ({"version": None, ...} when there is none); an unreadable one
+        raises OSError, ValueError or AttributeError (what `ModelHolder.check` handles)."""
         path = self.root / POINTER
         if not path.is_file():
             return {"version": None, "previous": None}
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except RecursionError:  # JSON nested deeper than the interpreter's limit
+            raise ValueError(f"{path}: JSON nested too deeply") from None
         return {"version": data.get("version"), "previous": data.get("previous")}
 
     def current(self) -> str | None:
@@ -136,7 +152,7 @@ class Registry:
             info = json.loads(manifest_path.read_text())
             files = dict(info["files"])
             found = str(info["contract_version"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise RegistryError("corrupt", f"{version}: unreadable {MANIFEST}: {exc}") from None
         if found != contract_version:
             raise RegistryError(
@@ -145,12 +161,16 @@ class Registry:
                 f"{contract_version}",
             )
         for name, expected in files.items():
-            if "/" in name or not name.endswith(ALLOWED_SUFFIXES):
+            if not _listable(name):
                 raise RegistryError("corrupt", f"{version}: manifest lists {name!r}")
             path = directory / name
-            if not path.is_file():
-                raise RegistryError("missing", f"{version}: {name} is missing")
-            if sha256_of(path) != expected:
+            try:
+                if not path.is_file():
+                    raise RegistryError("missing", f"{version}: {name} is missing")
+                digest = sha256_of(path)
+            except OSError as exc:
+                raise RegistryError("corrupt", f"{version}: cannot read {name}: {exc}") from None
+            if digest != expected:
                 raise RegistryError("checksum", f"{version}: {name} does not match its sha256")
         return Manifest(version, found, files, info)
 

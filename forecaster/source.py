@@ -281,7 +281,7 @@ class PrometheusSource:
         if answer.result_type == "scalar" and isinstance(answer.result, list):
             try:
                 return float(answer.result[0])
-            except (IndexError, TypeError, ValueError):
+            except (IndexError, TypeError, ValueError, OverflowError):  # 10**400: no float
                 pass
         if answer.date is not None:
             return answer.date
@@ -445,7 +445,7 @@ def _select_series(result: list) -> tuple[dict[str, list], Counter[str]]:
         if not isinstance(instance, str) or not instance:
             dropped["no_instance"] += 1
             continue
-        if len(instance.encode()) > MAX_LABEL_BYTES:
+        if _label_bytes(instance) > MAX_LABEL_BYTES:  # too long, or no UTF-8 text at all
             dropped["bad_instance"] += 1
             continue
         if instance in chosen:
@@ -574,3 +574,12 @@ def _is_tls(error: BaseException) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+def _label_bytes(value: str) -> int:
+    """The UTF-8 length of a label value; beyond `MAX_LABEL_BYTES` for one that no UTF-8 can
+    hold (a lone surrogate, as JSON's "\\ud800" decodes): Prometheus never sends one."""
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError:
+        return MAX_LABEL_BYTES + 1
