@@ -157,6 +157,7 @@ def _verifying(pki, **options) -> httpx.Client:
 
 
 @pytest.mark.slow
+@pytest.mark.fault("H3")
 def test_https_with_the_test_ca_and_credentials_works(listeners, pki):
     url = listeners["good"].url
     with _verifying(pki, timeout=5.0) as client:
@@ -168,6 +169,7 @@ def test_https_with_the_test_ca_and_credentials_works(listeners, pki):
 
 
 @pytest.mark.slow
+@pytest.mark.fault("H3")
 def test_basic_auth_is_required(listeners, pki):
     url = listeners["good"].url
     with _verifying(pki, timeout=5.0) as client:
@@ -184,6 +186,7 @@ def test_basic_auth_is_required(listeners, pki):
 
 
 @pytest.mark.slow
+@pytest.mark.fault("H3")
 def test_plain_http_to_the_tls_listener_fails(listeners):
     plain = listeners["good"].url.replace("https://", "http://")
     with pytest.raises(httpx.HTTPError):
@@ -215,6 +218,7 @@ def test_an_expired_certificate_is_refused(listeners, pki):
 
 
 @pytest.mark.slow
+@pytest.mark.fault("H3")
 def test_a_client_certificate_is_required_where_the_file_says_so(listeners, pki):
     url = listeners["mtls"].url + "/-/healthy"
     sni = {"sni_hostname": "other.example"}  # the name the server's certificate carries
@@ -358,6 +362,7 @@ async def _hello(websocket) -> None:
     await websocket.close()
 
 
+@pytest.mark.fault("H3")
 def test_a_websocket_handshake_over_tls_needs_credentials(pki, tmp_path):
     """The forecaster's /ws path in miniature: uvicorn with `uvicorn_options()` and BasicAuth;
     the handshake without credentials is answered 401 before any WebSocket exists."""

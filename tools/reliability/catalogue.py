@@ -536,7 +536,11 @@ NOTES: dict[str, str] = {
         "The tests check the default addresses and the refusal of a public listener without "
         "a token; none inspects the bound sockets."
     ),
-    "H3": "Needs TLS on the listeners (`tls_server_config`), which the services do not have yet.",
+    "H3": (
+        "The simulator's listener runs as a process with `--web.config.file` (one module, "
+        "`webcommon.webconfig`, serves the forecaster's and the retrainer's too); TLS 1.2 is "
+        "the lowest version offered, 1.0 and 1.1 are refused in the file."
+    ),
     "H7": "Refused with close code 1008 (policy violation) during the handshake.",
     "I1": (
         "A firing and a not-firing case are asserted per alert; the `for` boundary and stale "
