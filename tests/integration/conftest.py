@@ -134,6 +134,7 @@ def forecast_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackIn
         forecaster=True,
         guard=False,  # the model's own path end to end; the guard: tests/unit/test_guard.py
         cycle_interval_s=FORECAST_CYCLE_S,
+        incident_rate=0.0,  # only the incident a test injects; background episodes remain
     )
     with Stack(config) as info:
         yield info
