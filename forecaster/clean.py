@@ -124,6 +124,33 @@ def clean(
     counts: Counter[str] = Counter()
     counts["unknown_quantity"] += sum(c not in (*names, *META_COLUMNS) for c in frame.columns)
     instances, grid = _place(frame, names, end, config, counts)
+    return clean_grid(instances, grid, quantities, end=end, config=config, counts=counts)
+
+
+def clean_grid(
+    instances: Sequence[str] | np.ndarray,
+    grid: np.ndarray,
+    quantities: Sequence[Quantity],
+    *,
+    end: pd.Timestamp,
+    config: CleanConfig = DEFAULT_CONFIG,
+    counts: Counter[str] | None = None,
+) -> Cleaned:
+    """`clean` of a window already placed on the grid: `grid` (instances, context_steps,
+    quantities) in the order of `quantities`, NaN where nothing was observed (an infinite
+    value counts as `inf` and is missing); `end` the time of its last step. Every treatment
+    but the placement of rows is `clean`'s; `grid` is modified in place."""
+    if grid.shape[1] != config.context_steps or grid.shape[2] != len(quantities):
+        raise ValueError(
+            f"grid of shape {grid.shape} for {config.context_steps} steps and "
+            f"{len(quantities)} quantities"
+        )
+    names = [q.name for q in quantities]
+    instances = np.asarray(instances, dtype=object)
+    counts = Counter() if counts is None else counts
+    infinite = np.isinf(grid)
+    counts["inf"] += int(np.count_nonzero(infinite))
+    grid[infinite] = np.nan
     outside, peak = _clip(grid, quantities, counts)
     observed = np.isfinite(grid)
     targets = np.array([q.role == "target" for q in quantities], dtype=bool)

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from exporter.snapshot import QUANTILES
-from forecaster.clean import CleanConfig, clean
+from forecaster.clean import CleanConfig, clean, clean_grid
 from forecaster.config import LEAVES as SERVICE_LEAVES
 from forecaster.config import (
     Config,
@@ -131,25 +131,47 @@ def origins(grid: Grid, spec: BacktestSpec, encoder: int, horizon: int) -> np.nd
 
 
 def tft_forecasts(bundle: ModelBundle, grid: Grid, at: np.ndarray) -> np.ndarray:
-    """(origins, instances, horizon, targets, quantiles) from the fast path."""
+    """(origins, instances, horizon, targets, quantiles) from the fast path, NaN where the
+    service would not serve the TFT.
+
+    Each origin's encoder window goes through the service's cleaning (`forecaster.clean`:
+    short gaps interpolated, long ones carried forward, an instance with too much of a target
+    missing skipped) before the network sees it, as in the forecaster, so a gap in the history
+    costs the TFT only the windows the service would not forecast either."""
     config = bundle.config
     predictor = FastPredictor(bundle)
-    targets = [grid.quantities.index(t) for t in config.targets]
-    covariates = [grid.quantities.index(c) for c in config.covariates]
+    contract = load_contract()
+    names = [*config.targets, *config.covariates]
+    quantities = [contract[name] for name in names]
+    columns = [grid.quantities.index(name) for name in names]
+    targets = np.arange(len(config.targets))
+    covariates = np.arange(len(config.targets), len(names))
+    encoder = config.encoder_length
+    minimum = max(int(config.min_encoder_length), Config().cycle.warmup_steps)
+    settings = CleanConfig(context_steps=encoder, min_steps=minimum)
+    row_of = {name: i for i, name in enumerate(grid.instances)}
     hosts = tuple(host_id(i) for i in grid.instances)
-    out = []
-    for origin in tqdm(at, desc="tft", unit="origin", disable=None):
-        window = grid.values[:, origin - config.encoder_length : origin]
+    shape = (len(grid.instances), config.horizon, len(config.targets), len(config.quantiles))
+    out = np.full((at.size, *shape), np.nan)
+    for k, origin in enumerate(tqdm(at, desc="tft", unit="origin", disable=None)):
+        window = grid.values[:, origin - encoder : origin][..., columns].copy()
+        end = pd.Timestamp(int(grid.times[origin - 1]), unit="s", tz="UTC")
+        cleaned = clean_grid(grid.instances, window, quantities, end=end, config=settings)
+        rows = np.array([row_of[i] for i in cleaned.instances], dtype=np.int64)
+        usable = cleaned.lengths >= minimum
+        if not usable.any():
+            continue
+        values = cleaned.values[usable]
         batch = Batch(
             end=int(grid.times[origin - 1]),
-            targets=window[..., targets],
-            covariates=np.nan_to_num(window[..., covariates]),
-            lengths=np.full(len(grid.instances), config.encoder_length),
-            profiles=grid.profiles,
-            hosts=hosts,
+            targets=values[..., targets],
+            covariates=values[..., covariates],
+            lengths=cleaned.lengths[usable],
+            profiles=tuple(grid.profiles[r] for r in rows[usable]),
+            hosts=tuple(hosts[r] for r in rows[usable]),
         )
-        out.append(predictor.predict(batch))
-    return np.stack(out)
+        out[k, rows[usable]] = predictor.predict(batch)
+    return out
 
 
 def baseline_forecasts(
@@ -179,6 +201,9 @@ def run_backtest(
     `forecasts`: the TFT's forecasts already made by `tft_forecasts` at `origins(grid, spec,
     ...)` (the retrainer checks them before scoring); computed here when not given. `served`:
     the service's forecasts at the same origins (`served_forecasts`), scored as `SERVED`.
+    Every method is scored on the (origin, instance) pairs where every method has a forecast;
+    `forecast_share` gives, per quantity, the share of pairs each method forecast and the
+    share judged.
     """
     config = bundle.config
     quantiles = list(config.quantiles)
@@ -191,21 +216,29 @@ def run_backtest(
         raise ValueError(f"forecasts of shape {tft.shape} do not match {at.size} origins")
     if served is not None and served.shape[:2] != (at.size, len(grid.instances)):
         raise ValueError(f"served forecasts of shape {served.shape} do not match {at.size} origins")
-    scores: dict[str, dict[str, Any]] = {TFT: {}}
-    curves: dict[str, dict[str, Any]] = {TFT: {}}
+    scores: dict[str, dict[str, Any]] = {}
+    curves: dict[str, dict[str, Any]] = {}
+    forecast_share: dict[str, dict[str, float]] = {}
     for t, quantity in enumerate(config.targets):
         y = actuals(grid.column(quantity), at, config.horizon)
-        scores[TFT][quantity] = _scores(y, tft[:, :, :, t], quantiles)
-        curves[TFT][quantity] = _curves(y, tft[:, :, :, t], quantiles)
+        methods = {TFT: (tft[:, :, :, t], quantiles)}
         if served is not None:
-            scores.setdefault(SERVED, {})[quantity] = _scores(y, served[:, :, :, t], QUANTILES)
-            curves.setdefault(SERVED, {})[quantity] = _curves(y, served[:, :, :, t], QUANTILES)
+            methods[SERVED] = (served[:, :, :, t], QUANTILES)
         for name in spec.baselines:
             forecast = baseline_forecasts(
                 name, grid.column(quantity), at, spec, horizon=config.horizon, quantiles=quantiles
             )
-            scores.setdefault(name, {})[quantity] = _scores(y, forecast, quantiles)
-            curves.setdefault(name, {})[quantity] = _curves(y, forecast, quantiles)
+            methods[name] = (forecast, quantiles)
+        # every method is judged on the same (origin, instance) pairs: those where all forecast
+        made = {name: np.isfinite(f).all(axis=(-2, -1)) for name, (f, _) in methods.items()}
+        judged = np.logical_and.reduce(list(made.values()))
+        y = np.where(judged[:, :, None], y, np.nan)
+        forecast_share[quantity] = {name: float(m.mean()) for name, m in made.items()}
+        forecast_share[quantity]["judged"] = float(judged.mean())
+        for name, (forecast, probs) in methods.items():
+            kept = np.where(judged[:, :, None, None], forecast, 0.0)
+            scores.setdefault(name, {})[quantity] = _scores(y, kept, probs)
+            curves.setdefault(name, {})[quantity] = _curves(y, kept, probs)
     return {
         "origins": int(at.size),
         "instances": len(grid.instances),
@@ -215,6 +248,7 @@ def run_backtest(
         "quantiles": quantiles,
         "scores": scores,
         "curves": curves,
+        "forecast_share": forecast_share,
         "summary": summarise(scores, config.targets),
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -690,17 +724,18 @@ def _run(args: argparse.Namespace, source: PrometheusRange | None, argv: list[st
 
 
 def _warn_unforecast(forecasts: np.ndarray) -> None:
-    """Say so when the TFT's fast path gave no forecast for some (origin, instance) pairs: the
-    backtest hands it the grid as it is, so one gap (or a missing quantity) in a window makes
-    that forecast NaN, and the quantity's NQL n/a."""
+    """Say so when the TFT gave no forecast for some (origin, instance) pairs: the service's
+    cleaning skipped them (too much of a target missing in the 24 h window, or too little
+    history), so the TFT's scores leave them out."""
     missing = ~np.isfinite(forecasts).all(axis=(2, 3, 4))
     if missing.any():
         log.warning(
-            "the TFT gave no forecast for %d of %d (origin, instance) pairs: their 24 h window "
-            "has a gap or lacks a quantity (the backtest feeds the model the raw grid), so its "
-            "scores are n/a there; `served` goes through the service's cleaning",
+            "the TFT gave no forecast for %d of %d (origin, instance) pairs: the service's "
+            "cleaning skips their window (a target missing in more than %.0f%% of it, or too "
+            "little history), so the TFT's scores leave them out",
             int(missing.sum()),
             missing.size,
+            100 * CleanConfig().max_missing_ratio,
         )
 
 

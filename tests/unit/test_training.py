@@ -93,3 +93,29 @@ def test_backtest_scores_every_method_on_the_same_origins(trained, wide):
             assert scores[quantity]["8h"]["observed"] == result["origins"] * result["instances"]
             assert scores[quantity]["all"]["nql"] is not None
     assert set(result["summary"]["nql_8h_vs_best_baseline"]) == set(CONFIG.targets)
+
+
+def test_backtest_cleans_gaps_as_the_service_does_and_judges_every_method_alike(trained, wide):
+    """A short gap is filled for the TFT as the service fills it (no n/a); an instance missing
+    most of a target in a window is left out for every method at that origin, not only for
+    the TFT."""
+    registry, version, _ = trained
+    bundle = load_bundle(registry.path(version))
+    holed = wide.copy()
+    names = sorted(holed["instance"].unique())
+    gappy = holed.index[holed["instance"] == names[0]]
+    holed.loc[gappy[400::50], "cpu_utilisation"] = np.nan  # one-step gaps all along
+    sparse = holed.index[holed["instance"] == names[1]]
+    holed.loc[sparse[900:1300], "memory_utilisation"] = np.nan  # most of a day: skipped
+    grid = to_grid(holed, QUANTITIES)
+    spec = BacktestSpec(origin_every=96, baselines=("naive",))
+    result = run_backtest(bundle, grid, spec)
+    pairs = result["origins"] * result["instances"]
+    for quantity in CONFIG.targets:
+        share = result["forecast_share"][quantity]
+        assert 0.0 < share["tft"] < 1.0 and share["naive"] == 1.0
+        assert share["judged"] == share["tft"]
+        observed = {m: s[quantity]["8h"]["observed"] for m, s in result["scores"].items()}
+        assert len(set(observed.values())) == 1 and 0 < observed["tft"] < pairs
+        assert result["scores"]["tft"][quantity]["8h"]["nql"] is not None
+        assert result["scores"]["tft"][quantity]["all"]["coverage"] is not None
