@@ -24,7 +24,7 @@ from typing import Any
 from bench.common import REPO, Context, figure, load, log, machine, utc_now
 from bench.report import markdown, plots
 
-ORDER = ["render", "inference", "cycle", "scrape", "websocket", "training", "gpu"]
+ORDER = ["render", "inference", "forward", "cycle", "scrape", "websocket", "training", "gpu"]
 
 
 def _about(module: Any) -> str:

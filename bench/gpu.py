@@ -161,14 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models", type=Path, default=Path(__file__).resolve().parent.parent / "models"
     )
-    parser.add_argument("--batch-size", type=int, default=0, help="0: 4096 on cuda, 256 on cpu")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="0: 4096 on cuda, the service's default on cpu"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = parser.parse_args(argv)
     import platform
 
     import torch
 
-    batch = args.batch_size or (4096 if args.device != "cpu" else 256)
+    from forecaster.model.config import FORWARD_BATCH_SIZE
+
+    batch = args.batch_size or (4096 if args.device != "cpu" else FORWARD_BATCH_SIZE)
     service, model = _service(args.models, args.device, batch, args.threads)
     sizes = [int(s) for s in args.servers.split(",") if s.strip()]
     measure(service, model, min(sizes[0], 64))  # warm-up: CUDA context, kernels, allocator

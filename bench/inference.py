@@ -185,7 +185,7 @@ def measure(bundle: Any, servers: int, *, fast_runs: int = 3) -> dict[str, Any]:
     from forecaster.model.fast import FastPredictor
 
     data = history_arrays(servers, bundle.config)
-    predictor = FastPredictor(bundle, batch_size=256)
+    predictor = FastPredictor(bundle)
     fast_forecast(predictor, {**data, **_first(data, 2)})  # warm-up: first-call overheads
     fast_times = []
     for _ in range(fast_runs):
@@ -313,7 +313,7 @@ def threads_effect(bundle: Any, servers: int, ours: int) -> dict[str, Any]:
     from forecaster.model.fast import FastPredictor
 
     data = history_arrays(servers, bundle.config)
-    predictor = FastPredictor(bundle, batch_size=256)
+    predictor = FastPredictor(bundle)
     default = os.cpu_count() or 1  # torch's default: one intra-op thread per core
     timings = {}
     for label, count in (("default", default), ("ours", ours)):

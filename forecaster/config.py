@@ -54,6 +54,7 @@ from pydantic import (
 )
 
 from forecaster.contract import Contract, Quantity, load_contract
+from forecaster.model.config import FORWARD_BATCH_SIZE
 from webcommon.address import LISTEN_HELP, TOKEN_HELP, split_address
 from webcommon.webconfig import WEB_CONFIG_HELP, client_ssl_context, load_web_config
 
@@ -250,7 +251,7 @@ class ModelSettings(_Section):
         "auto", description="torch device: auto, cpu or cuda"
     )
     threads: int = Field(0, ge=0, description="torch threads (0: torch's default)")
-    batch_size: int = Field(256, ge=1, description="instances per forward pass")
+    batch_size: int = Field(FORWARD_BATCH_SIZE, ge=1, description="instances per forward pass")
     reload_interval: Duration = Field(
         30.0, description="how often the registry's current-model pointer is polled"
     )

@@ -28,6 +28,11 @@ DEFAULT_COVARIATES = (
 # LOG_FLOOR so that log never sees zero).
 DEFAULT_TRANSFORMATIONS = {"disk_io": "log1p", "request_latency_p95": "log"}
 LOG_FLOOR = 1e-4
+FORWARD_BATCH_SIZE = 64
+"""Series per forward pass on the CPU. The forward is bound by the memory traffic of its
+element-wise operations over (series, steps, variables, hidden) tensors, so batches that stay in
+cache are fastest: 64 was 1.1-1.25x faster than 256 and within noise of 16-32 at 1,000 servers
+(`python -m bench --only forward`, docs/BENCHMARKS.md). A GPU wants far larger batches."""
 # Covariates fed as log1p(value) so that heavy-tailed byte rates scale sensibly.
 DEFAULT_LOG_COVARIATES = ("network_receive", "network_transmit")
 

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from forecaster.features import UNKNOWN, calendar
 from forecaster.grid import STEP_SECONDS
+from forecaster.model.config import FORWARD_BATCH_SIZE
 from forecaster.model.dataset import model_input
 from forecaster.model.tft import ModelBundle
 
@@ -41,7 +42,9 @@ class Batch:
 class FastPredictor:
     """Quantile forecasts (N, horizon, targets, quantiles) from a `Batch`."""
 
-    def __init__(self, bundle: ModelBundle, device: str = "cpu", batch_size: int = 256) -> None:
+    def __init__(
+        self, bundle: ModelBundle, device: str = "cpu", batch_size: int = FORWARD_BATCH_SIZE
+    ) -> None:
         self.bundle = bundle
         self.config = bundle.config
         self.device = torch.device(device)

@@ -77,6 +77,21 @@ def test_inference_benchmark_quick_mode_fast_path_equals_library_path(tmp_path):
 
 
 @pytest.mark.torch
+def test_forward_benchmark_quick_mode_static_graph_gives_the_library_numbers(tmp_path):
+    pytest.importorskip("pytorch_forecasting")
+    from bench import forward
+
+    result = forward.run(_ctx(tmp_path))
+    _check_figures(result)
+    rows = {row["candidate"].split(",")[0]: row for row in result["rows"]}
+    assert {"eager", "static-shape forward"} <= set(rows)
+    assert len(result["rows"]) == len(forward.QUICK_BATCH_SIZES) + 1
+    for row in result["rows"]:  # every batch size and the static graph: the same forecasts
+        assert row["max_rel_diff"] < 1e-5 and row["ratio"] > 0
+    assert result["best_batch"] in forward.QUICK_BATCH_SIZES
+
+
+@pytest.mark.torch
 def test_gpu_script_runs_stand_alone_on_the_cpu(tmp_path):
     pytest.importorskip("pytorch_forecasting")
     completed = subprocess.run(
