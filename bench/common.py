@@ -34,26 +34,17 @@ from exporter.snapshot import (
     Snapshot,
     frozen_array,
 )
+from forecaster.config import DEFAULT_THRESHOLDS
+from forecaster.contract import load_contract
 from forecaster.grid import CONTEXT_STEPS, HORIZON_STEPS, STEP_SECONDS
 
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parent.parent
-UNITS = MappingProxyType(
-    {
-        "cpu_utilisation": "ratio",
-        "memory_utilisation": "ratio",
-        "filesystem_utilisation": "ratio",
-        "disk_io": "bytes_per_second",
-        "request_latency_p95": "seconds",
-    }
-)
+# The contract's targets and the service's default thresholds (one place each): the synthetic
+# snapshots below render what the service would for the packaged contract.
+UNITS = MappingProxyType({q.name: q.unit for q in load_contract().targets})
 THRESHOLDS = MappingProxyType(
-    {
-        "cpu_utilisation": (0.90, 0.95),
-        "memory_utilisation": (0.90, 0.95),
-        "filesystem_utilisation": (0.85, 0.95),
-        "request_latency_p95": (0.2, 0.5),
-    }
+    {name: (levels["warning"], levels["critical"]) for name, levels in DEFAULT_THRESHOLDS.items()}
 )
 PREFIXES = ("ppml", "ppdb", "ppweb", "ppcon", "ppetl", "pprisk", "ppgen")
 PROFILES = dict(

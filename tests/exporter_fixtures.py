@@ -28,31 +28,20 @@ from exporter.snapshot import (
     Snapshot,
     frozen_array,
 )
+from forecaster.config import DEFAULT_THRESHOLDS
+from forecaster.contract import load_contract
 
 EPOCH = 1_795_305_600.0  # 2026-11-22T00:00Z
 NOW = EPOCH + 13.5 * 3600  # a grid-aligned afternoon
 MADE_AT = NOW - 60.0
 ORIGIN = NOW - 300.0
 STEPS = 96
-UNITS = MappingProxyType(
-    {
-        "cpu_utilisation": "ratio",
-        "memory_utilisation": "ratio",
-        "filesystem_utilisation": "ratio",
-        "disk_io": "bytes_per_second",
-        "request_latency_p95": "seconds",
-    }
-)
+UNITS = MappingProxyType({q.name: q.unit for q in load_contract().targets})
 THRESHOLDS = MappingProxyType(
     {
-        ("cpu_utilisation", "warning"): 0.9,
-        ("cpu_utilisation", "critical"): 0.95,
-        ("memory_utilisation", "warning"): 0.9,
-        ("memory_utilisation", "critical"): 0.95,
-        ("filesystem_utilisation", "warning"): 0.85,
-        ("filesystem_utilisation", "critical"): 0.95,
-        ("request_latency_p95", "warning"): 0.2,
-        ("request_latency_p95", "critical"): 0.5,
+        (name, severity): value
+        for name, levels in DEFAULT_THRESHOLDS.items()
+        for severity, value in levels.items()
     }
 )
 ALERT_THRESHOLDS = MappingProxyType(
