@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 
 from forecaster.grid import DAY_STEPS, STEP_SECONDS
 from forecaster.model.config import TFTConfig
-from forecaster.model.dataset import GROUP, TIME, model_frame
+from forecaster.model.dataset import GROUP, TIME, model_frame, model_input
 
+ABSENT_SUFFIX = "#absent"
 MAX_FILL_STEPS = 3  # gaps up to 15 minutes are interpolated; longer ones split a series
 WEIGHT = "weight"
 
@@ -73,3 +76,38 @@ def excursion_weights(frame: pd.DataFrame, config: TFTConfig, strength: float) -
         z = (deviation / scale).fillna(0.0).to_numpy()
         excursion = np.maximum(excursion, np.clip((z - 3.0) / 3.0, 0.0, 1.0))
     return 1.0 + strength * excursion
+
+
+def with_absent_copies(
+    frame: pd.DataFrame, config: TFTConfig, fraction: float, seed: int, rate: float = 0.5
+) -> pd.DataFrame:
+    """Add copies of some series in which some quantities are absent (input-absence masking).
+
+    Real hosts seldom export every quantity of the contract (most have no HTTP latency, request
+    counts or GC pauses; some have no disk or filesystem series), and the service gives an
+    absent quantity the value the cleaner fills it with, zero (`forecaster.clean`: `absent`).
+    The simulator's hosts export everything, so without these copies the network only ever
+    sees a zero history as a real, idle one. In each copy every quantity is absent with
+    probability `rate` (at least one target stays present), its column set to what the model
+    reads for a zero history (`model_input(name, 0)`), exactly as served. The copies, named
+    `<series>#absent`, are a deterministic function of the seed and the series names.
+    """
+    if fraction <= 0:
+        return frame
+    names = sorted(frame[GROUP].unique())
+    ranked = sorted(names, key=lambda n: hashlib.sha256(f"absent:{seed}:{n}".encode()).hexdigest())
+    chosen = ranked[: max(1, round(fraction * len(names)))]
+    quantities = [*config.targets, *config.covariates]
+    copies = []
+    for name in chosen:
+        digest = hashlib.sha256(f"absent:{seed}:{name}:set".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        absent = rng.random(len(quantities)) < rate
+        if absent[: len(config.targets)].all():
+            absent[rng.integers(len(config.targets))] = False
+        copy = frame[frame[GROUP] == name].copy()
+        copy[GROUP] = name + ABSENT_SUFFIX
+        for quantity in np.asarray(quantities)[absent]:
+            copy[quantity] = model_input(str(quantity), np.zeros(len(copy)), config)
+        copies.append(copy)
+    return pd.concat([frame, *copies], ignore_index=True)

@@ -35,7 +35,7 @@ from forecaster.model.dataset import TIME, make_dataset, with_unknown_copies
 from forecaster.model.tft import ModelBundle, build_model, loss_weights, save_bundle
 from forecaster.registry import Registry, new_version, write_json_atomic
 from forecaster.source import PrometheusSource
-from training.dataset import WEIGHT, excursion_weights, segments
+from training.dataset import WEIGHT, excursion_weights, segments, with_absent_copies
 
 log = logging.getLogger("training.train")
 
@@ -51,6 +51,7 @@ class TrainOptions:
     batches_per_epoch: int = 50
     validation_days: float = 1.0
     excursion_weight: float = 0.0  # extra loss weight on rows far from their recent normal
+    absent_fraction: float = 0.0  # extra copies of this share of series with quantities absent
     device: str = "auto"
     threads: int | None = None
 
@@ -72,9 +73,10 @@ def datasets(
         raise ValueError("no series segment is long enough for one window (encoder + horizon)")
     frame[WEIGHT] = excursion_weights(frame, config, options.excursion_weight)
     cutoff = int(frame[TIME].max() - options.validation_days * DAY_STEPS)
-    train_frame = with_unknown_copies(
-        frame[frame[TIME] <= cutoff], config.mask_fraction, options.seed
+    train_frame = with_absent_copies(
+        frame[frame[TIME] <= cutoff], config, options.absent_fraction, options.seed
     )
+    train_frame = with_unknown_copies(train_frame, config.mask_fraction, options.seed)
     training = make_dataset(train_frame, config, weight=WEIGHT)
     validation = TimeSeriesDataSet.from_dataset(
         training, frame, min_prediction_idx=cutoff + 1, stop_randomization=True
@@ -178,6 +180,13 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="extra loss weight (0 = none) on steps far from their recent normal, e.g. 4",
     )
+    parser.add_argument(
+        "--absent-fraction",
+        type=float,
+        default=0.0,
+        help="add copies of this share of series with some quantities absent, as real hosts "
+        "export only some (0 = none), e.g. 0.5",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--log.level", dest="log_level", default="info")
@@ -219,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--prometheus.url: {error}")
         with PrometheusSource(settings) as source:
             wide = source.fetch_history(expressions, args.start.timestamp(), args.end.timestamp())
+    if not 0.0 <= args.absent_fraction <= 1.0:
+        parser.error("--absent-fraction: a share of the series, from 0 to 1")
     options = TrainOptions(
         seed=args.seed,
         batch_size=args.batch_size,
@@ -226,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         batches_per_epoch=args.batches_per_epoch,
         max_epochs=args.max_epochs,
         excursion_weight=args.excursion_weight,
+        absent_fraction=args.absent_fraction,
         device=args.device,
         threads=args.threads,
     )

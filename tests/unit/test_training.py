@@ -13,12 +13,13 @@ pytest.importorskip("torch")
 from forecaster.contract import load_contract
 from forecaster.history_files import read_history
 from forecaster.model.config import TFTConfig
+from forecaster.model.dataset import model_input
 from forecaster.model.tft import load_bundle
 from forecaster.registry import Registry
 from simulator.fleet import build_fleet
 from simulator.history import HistorySpec, write_history
 from training.backtest import BacktestSpec, origins, run_backtest, to_grid
-from training.dataset import excursion_weights, segments
+from training.dataset import ABSENT_SUFFIX, excursion_weights, segments, with_absent_copies
 from training.train import TrainOptions, train, write_version
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -60,9 +61,40 @@ def test_excursion_weights_single_out_departures_from_the_recent_normal(wide):
     assert np.median(calm) == 1.0
 
 
+def test_absent_copies_hold_what_the_service_feeds_for_a_quantity_a_host_lacks(wide):
+    frame = segments(wide, CONFIG)
+    assert with_absent_copies(frame, CONFIG, 0.0, seed=1) is frame
+    augmented = with_absent_copies(frame, CONFIG, 0.5, seed=1)
+    again = with_absent_copies(frame, CONFIG, 0.5, seed=1)
+    assert augmented.equals(again), "a deterministic function of the seed and the names"
+    originals = augmented[~augmented["series"].str.endswith(ABSENT_SUFFIX)]
+    assert originals.reset_index(drop=True).equals(frame), "the real series are kept unchanged"
+    copies = augmented[augmented["series"].str.endswith(ABSENT_SUFFIX)]
+    names = copies["series"].unique()
+    assert len(names) == round(0.5 * frame["series"].nunique())
+    absent_seen = set()
+    for name in names:
+        copy = copies[copies["series"] == name].reset_index(drop=True)
+        source = frame[frame["series"] == name.removesuffix(ABSENT_SUFFIX)].reset_index(drop=True)
+        assert copy["time_idx"].equals(source["time_idx"])
+        present_targets = 0
+        for quantity in QUANTITIES:
+            if copy[quantity].equals(source[quantity]):
+                present_targets += quantity in CONFIG.targets
+                continue
+            # exactly what the cleaner's zero fill becomes on the served path
+            served = model_input(quantity, np.zeros(len(copy)), CONFIG)
+            np.testing.assert_array_equal(copy[quantity].to_numpy(), served)
+            absent_seen.add(quantity)
+        assert present_targets >= 1, "every copy keeps at least one real target"
+    assert absent_seen, "some quantities were made absent"
+
+
 @pytest.fixture(scope="module")
 def trained(wide, tmp_path_factory):
-    options = TrainOptions(max_time_s=20, batches_per_epoch=2, max_epochs=2, batch_size=16)
+    options = TrainOptions(
+        max_time_s=20, batches_per_epoch=2, max_epochs=2, batch_size=16, absent_fraction=0.5
+    )
     bundle, metrics = train(wide, CONFIG, options)
     registry = Registry(tmp_path_factory.mktemp("models"))
     info = {"contract_version": load_contract().version, "metrics": metrics, "version": "t1"}
