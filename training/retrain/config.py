@@ -20,6 +20,7 @@ A sample YAML file::
     nice: 10
     train: {hidden_size: 16, batches_per_epoch: 50, seed: 42}
     gate: {tolerance: 0.05, coverage_min: 0.70, coverage_max: 0.90, origin_every: 2h}
+    shadow: {cycles: 0, interval: 1h}   # K > 0: scored K cycles on newer history first
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ class TrainSettings(_Section):
     excursion_weight: float = Field(
         0.0, ge=0, description="extra loss weight on steps far from their recent normal (0: none)"
     )
+    absent_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="add copies of this share of series with some quantities absent (0: none)",
+    )
     targets: Annotated[tuple[str, ...] | None, BeforeValidator(_csv)] = Field(
         None, description="comma-separated quantities to train (default: the contract's targets)"
     )
@@ -174,6 +181,19 @@ class GateSettings(_Section):
         )
 
 
+class ShadowSettings(_Section):
+    """The shadow stage between the gate and promotion (training.retrain.shadow)."""
+
+    cycles: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="cycles a candidate that passed the gate is scored on newer history "
+        "before promotion (0: promote at the gate)",
+    )
+    interval: Duration = Field(3600.0, description="time between shadow cycles")
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log level: debug, info, warning or error"
@@ -191,6 +211,7 @@ class RetrainConfig(_Section):
     web: WebSettings = WebSettings()
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()
+    shadow: ShadowSettings = ShadowSettings()
     log: LogSettings = LogSettings()
     interval: Duration = Field(
         7 * 86400.0, description="how often a run starts (also POST /retrain)"

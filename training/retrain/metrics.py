@@ -15,8 +15,11 @@ A sample of the exposition after one rejected run (weekly interval)::
     forecaster_retrain_interval_seconds 604800.0
     forecaster_retrain_first_run_pending 0.0
     forecaster_retrain_history_available_seconds 1.2096e+06
+    forecaster_retrain_shadow_cycles 0.0
+    forecaster_retrain_shadow_decisions_total{decision="promoted"} 0.0
 
-`last_success` is the end of the last run that completed the gate, promoted or rejected (the
+`last_success` is the end of the last run that completed the gate, promoted, rejected or
+shadowed (the
 job worked, whatever it decided); until a first one it is the process start, so a fresh
 install does not alert. The alert ForecasterRetrainFailing reads
 `time() - forecaster_retrain_last_success_timestamp_seconds
@@ -33,13 +36,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from training.gates import GATE_HORIZONS, REJECTIONS
 
 STAGES = ("fetch", "train", "backtest")
-COMPLETED = ("promoted", "rejected")
+COMPLETED = ("promoted", "rejected", "shadowed")
 
 
 class RetrainMetrics:
     """Counters and gauges of the retrain runs; `observe` one finished run's report."""
 
-    def __init__(self, outcomes: Sequence[str], failures: Sequence[str], interval: float) -> None:
+    def __init__(
+        self,
+        outcomes: Sequence[str],
+        failures: Sequence[str],
+        interval: float,
+        decisions: Sequence[str] = (),
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.runs = Counter(
@@ -101,6 +110,20 @@ class RetrainMetrics:
             "(0 before the first probe).",
             registry=r,
         )
+        self.shadow_cycles = Gauge(
+            "forecaster_retrain_shadow_cycles",
+            "Counted shadow cycles of the candidate in shadow (0 without one).",
+            registry=r,
+        )
+        self.shadow_decisions = Counter(
+            "forecaster_retrain_shadow_decisions",
+            "Ends of the shadow stage: promoted, rejected, or superseded (the serving model "
+            "changed, or a newer candidate passed the gate).",
+            ["decision"],
+            registry=r,
+        )
+        for decision in decisions:
+            self.shadow_decisions.labels(decision)
         for outcome in outcomes:
             self.runs.labels(outcome)
         for reason in REJECTIONS:

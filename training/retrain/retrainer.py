@@ -11,6 +11,11 @@ removes the child's staging after a failure and every stale `.tmp-*` at start-up
 run lock, so never another process's). Two retrainers never run at once: an in-process lock
 (`409` for `POST /retrain`) and an `fcntl` lock on `<models>/.retrain.lock`.
 
+With `shadow.cycles` set, a candidate that passes the gate is not promoted by the run (outcome
+`shadowed`): it is scored on newer history first, every `shadow.interval`, and promoted or
+rejected after that many cycles (`training.retrain.shadow`; each decision is recorded as a run
+with trigger `shadow`).
+
 A rejected candidate is kept (not promoted) with its `gate.json` and `backtest.json`, for
 inspection; `Registry.collect_garbage` keeps the 3 newest versions plus current and previous.
 Every run is appended to `<models>/retrain-report.json` (the last `KEEP_RUNS`).
@@ -35,10 +40,12 @@ import httpx
 import pandas as pd
 
 from forecaster.contract import Contract, load_contract
+from forecaster.grid import STEP_SECONDS
 from forecaster.model.config import TFTConfig
 from forecaster.registry import TMP_PREFIX, Registry, RegistryError, new_version, write_json_atomic
 from training.gates import Verdict, history_problem, holdout_start, split_history
 from training.history import HistoryError, history_span, load_history
+from training.retrain import shadow
 from training.retrain.config import RetrainConfig
 from training.retrain.metrics import RetrainMetrics
 from training.retrain.steps import (
@@ -55,13 +62,14 @@ from training.retrain.steps import (
 )
 
 log = logging.getLogger(__name__)
-OUTCOMES = ("promoted", "rejected", "failed")
+OUTCOMES = ("promoted", "rejected", "failed", "shadowed")
 REPORT = "retrain-report.json"
 WORK_PREFIX = ".retrain-work-"
 MODEL_CONFIG = "model_config.json"  # forecaster.model.tft.MODEL_CONFIG, read without torch
 TRAIN_GRACE_S = 300.0  # import, dataset building, validation and writing after --max-minutes
 TERMINATE_GRACE_S = 5.0
 KEEP_RUNS = 20
+KEEP_SHADOW_CYCLES = 100  # the cycles kept in the shadow state (waiting ones included)
 
 
 def _iso(seconds: float) -> str:
@@ -84,7 +92,7 @@ class Retrainer:
         self.environ = dict(environ)
         self.contract = contract or load_contract()
         self.registry = Registry(config.models.dir)
-        self.metrics = RetrainMetrics(OUTCOMES, FAILURES, config.interval)
+        self.metrics = RetrainMetrics(OUTCOMES, FAILURES, config.interval, shadow.DECISIONS)
         self.runs: list[dict[str, Any]] = []
         self.next_run: Callable[[], float | None] = lambda: None
         self._transport = transport
@@ -102,6 +110,8 @@ class Retrainer:
     def startup(self) -> list[str]:
         """Restore the last reports; remove stale temp dirs unless another retrain runs."""
         self._load_reports()
+        state = shadow.load_state(self.registry.root)
+        self.metrics.shadow_cycles.set(shadow.counted(state) if state else 0)
         try:
             with run_lock(self.registry.root):
                 removed = self.registry.remove_stale_tmp()
@@ -240,7 +250,19 @@ class Retrainer:
                 "after_seconds": self.config.first_run_after,
                 "history_available_seconds": self.history_available,
             },
+            "shadow": self._shadow_status(),
             "runs": list(reversed(self.runs)),
+        }
+
+    def _shadow_status(self) -> dict[str, Any] | None:
+        state = shadow.load_state(self.registry.root)
+        if state is None:
+            return None
+        return {
+            **{k: state.get(k) for k in ("candidate", "current", "since", "started")},
+            "cycles_counted": shadow.counted(state),
+            "cycles_needed": self.config.shadow.cycles,
+            "last_cycle": state["cycles"][-1] if state["cycles"] else None,
         }
 
     # --- one run ----------------------------------------------------------------------------
@@ -307,6 +329,7 @@ class Retrainer:
         report["history"] = {
             "start": str(wide["timestamp"].min()),
             "end": str(wide["timestamp"].max()),
+            "end_ts": float(wide["timestamp"].max().timestamp()),
             "holdout_start": str(holdout_start(wide, window)),
             "instances": int(wide["instance"].nunique()),
         }
@@ -342,12 +365,150 @@ class Retrainer:
         report["gate"] = gate
         self.registry.amend(candidate, "backtest.json", backtest, self.contract.version)
         self.registry.amend(candidate, "gate.json", gate, self.contract.version)
-        if verdict.passed:
+        if verdict.passed and self.config.shadow.cycles > 0:
+            self._enter_shadow(report, candidate)
+        elif verdict.passed:
             self.registry.promote(candidate, self.contract.version)
             report.update(outcome="promoted", promoted=candidate)
         else:
             report.update(outcome="rejected", reasons=list(verdict.reasons))
         report["removed"] = self.registry.collect_garbage()
+
+    # --- the shadow stage -------------------------------------------------------------------
+
+    def shadow_cycle(self) -> dict[str, Any] | None:
+        """The shadow job: score the candidate in shadow on the newer history and decide after
+        `shadow.cycles` counted cycles (`training.retrain.shadow`). Returns the cycle's record;
+        None when no candidate is in shadow, a run is in progress or the service is stopping."""
+        if self._stop.is_set() or not self._busy.acquire(blocking=False):
+            return None
+        try:
+            with run_lock(self.registry.root):
+                return self._shadow_cycle()
+        except BusyError:
+            return None
+        finally:
+            self._busy.release()
+
+    def _enter_shadow(self, report: dict[str, Any], candidate: str) -> None:
+        root = self.registry.root
+        previous = shadow.load_state(root)
+        if previous is not None and previous["candidate"] != candidate:
+            self._decide(previous, "superseded", f"{candidate} passed the gate after it")
+        state = {
+            "candidate": candidate,
+            "current": report.get("current"),
+            "since": report["history"]["end"],
+            "since_ts": report["history"]["end_ts"],
+            "started": _iso(self._clock()),
+            "cycles": [],
+        }
+        shadow.save_state(root, state)
+        self.metrics.shadow_cycles.set(0)
+        report.update(outcome="shadowed", shadow={"cycles_needed": self.config.shadow.cycles})
+
+    def _shadow_cycle(self) -> dict[str, Any] | None:
+        root = self.registry.root
+        state = shadow.load_state(root)
+        if state is None:
+            self.metrics.shadow_cycles.set(0)
+            return None
+        serving = self.registry.current()
+        if serving != state["current"]:
+            self._decide(state, "superseded", f"the serving model is now {serving}")
+            return None
+        now = self._clock()
+        cycle: dict[str, Any] = {"at": _iso(now), "counted": False}
+        window = self.config.window()
+        try:
+            fresh, steps = self._fresh_history(state, now, window.context)
+            cycle["fresh_steps"] = steps
+            if steps < window.horizon:
+                cycle["reason"] = "waiting"
+            else:
+                verdict, backtest = backtest_gate(
+                    self.config, self.registry.path, state["candidate"], state["current"], fresh
+                )
+                cycle.update(
+                    counted=True,
+                    passed=verdict.passed,
+                    reasons=list(verdict.reasons),
+                    origins=backtest["origins"],
+                    nql=verdict.nql,
+                    current_nql=verdict.current_nql,
+                    nql_ratio_vs_current=verdict.ratios,
+                )
+        except (HistoryError, RunError) as exc:
+            cycle.update(reason=exc.reason, detail=str(exc)[:500])
+        state["cycles"] = [*state["cycles"], cycle][-KEEP_SHADOW_CYCLES:]
+        shadow.save_state(root, state)
+        done = shadow.counted(state)
+        self.metrics.shadow_cycles.set(done)
+        log.info(
+            "shadow cycle of %s: %s (%d of %d counted)",
+            state["candidate"],
+            ("passed" if cycle["passed"] else "failed") if cycle["counted"] else cycle["reason"],
+            done,
+            self.config.shadow.cycles,
+        )
+        if done >= self.config.shadow.cycles:
+            self._decide(state, "promoted" if cycle.get("passed") else "rejected")
+        return cycle
+
+    def _fresh_history(
+        self, state: dict[str, Any], now: float, context: int
+    ) -> tuple[pd.DataFrame, int]:
+        """The history since the shadow began, with `context` steps before it, and how many
+        steps it holds after that start."""
+        since = float(state["since_ts"])
+        span = min(self.config.history, max(0.0, now - since) + (context + 1) * STEP_SECONDS)
+        source = shadow.FreshSource(self.config.prometheus, self.config.data, span)
+        config = self._model_config()
+        quantities = list(dict.fromkeys(model_quantities(config)))
+        wide = load_history(source, self.contract, quantities, now, self._transport)
+        if wide.empty:
+            return wide, 0
+        first = pd.Timestamp(since - context * STEP_SECONDS, unit="s", tz="UTC")
+        wide = wide[wide["timestamp"] > first].reset_index(drop=True)
+        after = wide["timestamp"] > pd.Timestamp(since, unit="s", tz="UTC")
+        return wide, int(wide.loc[after, "timestamp"].nunique())
+
+    def _decide(self, state: dict[str, Any], decision: str, detail: str | None = None) -> None:
+        """End the shadow stage of `state`'s candidate: promote, reject or drop it."""
+        started = time.monotonic()
+        candidate = state["candidate"]
+        record = {**state, "decision": decision, "detail": detail}
+        report: dict[str, Any] = {
+            "trigger": "shadow",
+            "started": _iso(self._clock()),
+            "stages": {},
+            "candidate": candidate,
+            "current": state["current"],
+            "shadow": {"decision": decision, "cycles_counted": shadow.counted(state)},
+        }
+        try:
+            self.registry.amend(candidate, shadow.STATE, record, self.contract.version)
+            if decision == "promoted":
+                self.registry.promote(candidate, self.contract.version)
+        except (RegistryError, OSError) as exc:
+            decision = "rejected" if decision == "promoted" else decision
+            report["shadow"].update(decision=decision, detail=f"candidate unusable: {exc}")
+        last = next((c for c in reversed(state["cycles"]) if c.get("counted")), None)
+        if decision == "promoted":
+            report.update(outcome="promoted", promoted=candidate)
+        else:
+            report.update(outcome="rejected")
+            if decision == "rejected" and last is not None:
+                report["reasons"] = list(last.get("reasons", []))
+        if detail:
+            report["shadow"].setdefault("detail", detail)
+        shadow.clear_state(self.registry.root)
+        self.metrics.shadow_decisions.labels(decision).inc()
+        self.metrics.shadow_cycles.set(0)
+        report["seconds"] = round(time.monotonic() - started, 2)
+        report["finished"] = _iso(finished := self._clock())
+        report["finished_ts"] = finished
+        self._record(report)
 
     def _current(self, report: dict[str, Any]) -> tuple[str, list[str]] | None:
         """(version, quantities) of the current model, or None when there is none usable."""

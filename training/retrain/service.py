@@ -94,6 +94,14 @@ def serve(config: RetrainConfig, retrainer, token: str | None, web: WebConfig | 
             max_instances=1,
             coalesce=True,
         )
+    if config.shadow.cycles > 0:
+        scheduler.add_job(
+            retrainer.shadow_cycle,
+            IntervalTrigger(seconds=config.shadow.interval),
+            id="shadow",
+            max_instances=1,
+            coalesce=True,
+        )
     app = build_app(retrainer, token)
     if web is not None:
         web.install(app, token)  # basic auth outermost, as the forecaster's

@@ -86,6 +86,7 @@ def trainer_command(config: RetrainConfig, data: Path, version: str) -> list[str
         "--device": train.device,
         "--normalisation": train.normalisation,
         "--excursion-weight": train.excursion_weight,
+        "--absent-fraction": train.absent_fraction,
         "--log.level": config.log.level,
     }
     if train.targets:
