@@ -143,6 +143,16 @@ class StatusBody(BaseModel):
     source_up: bool
     input_partial: bool
     shard: dict[str, int]
+    cycle_failures: dict[str, int] = Field(description="failed cycles by reason")
+    dropped_series: dict[str, int] = Field(
+        description="instances dropped by reason (max_series: over the configured capacity)"
+    )
+    persist: dict[str, int] = Field(
+        description="errors: failed writes of the snapshot to the state directory"
+    )
+    config: dict[str, bool | float | None] = Field(
+        description="reload_successful, reloaded_at: the last configuration reload"
+    )
     generated_at: float | None
 
 

@@ -222,6 +222,7 @@ def status_body(snapshot: Snapshot, state: ServiceState, *, ready: bool) -> dict
             "loaded": state.model_loaded,
             "version": state.model_version,
             "contract": state.contract_version,
+            "load_failures": dict(state.model_load_failures),
         },
         "last_cycle": {
             "end": number(state.last_cycle_end),
@@ -233,6 +234,13 @@ def status_body(snapshot: Snapshot, state: ServiceState, *, ready: bool) -> dict
         "input_partial": state.input_partial,
         "input_warnings": dict(state.input_warnings),
         "shard": {"index": state.shard_index, "count": state.shard_count},
+        "cycle_failures": dict(state.cycle_failures),
+        "dropped_series": dict(state.dropped_series),
+        "persist": {"errors": state.persist_errors},
+        "config": {
+            "reload_successful": state.config_reload_successful,
+            "reloaded_at": number(state.config_reloaded_at),
+        },
         "generated_at": number(snapshot.generated_at),
     }
 

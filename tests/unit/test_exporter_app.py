@@ -159,7 +159,12 @@ def test_status_reports_warmup_model_cycle_source_and_shard(client):
     assert warmup["servers"]["newhost01"] == {"steps": 20, "required": 36, "progress": 0.5556}
     assert 0 < warmup["progress_percent"] < 100
     assert "newhost01" in warmup["message"]
-    assert body["model"] == {"loaded": True, "version": "20261121-0001", "contract": "1.0.0"}
+    assert body["model"] == {
+        "loaded": True,
+        "version": "20261121-0001",
+        "contract": "1.0.0",
+        "load_failures": {},
+    }
     assert body["last_cycle"] == {
         "end": MADE_AT,
         "duration_seconds": 1.25,
@@ -168,6 +173,30 @@ def test_status_reports_warmup_model_cycle_source_and_shard(client):
     assert body["source_up"] is True
     assert body["shard"] == {"index": 0, "count": 1}
     assert body["generated_at"] == MADE_AT
+    assert body["persist"] == {"errors": 0}
+    assert body["config"] == {"reload_successful": True, "reloaded_at": None}
+    assert body["dropped_series"] == {} and body["cycle_failures"] == fixed_state().cycle_failures
+
+
+def test_status_says_what_failed_persist_reload_model_load_and_capacity():
+    state = dataclasses.replace(
+        fixed_state(),
+        persist_errors=3,
+        config_reload_successful=False,
+        config_reloaded_at=MADE_AT - 600,
+        model_load_failures={"invalid": 1},
+        dropped_series={"max_series": 40_000},
+        cycle_failures={"source": 2},
+    )
+    hub, app = make(publish=False)
+    hub.publish(fixed_snapshot(), state, NOW)
+    with TestClient(app) as test_client:
+        body = test_client.get("/status").json()
+    assert body["persist"] == {"errors": 3}
+    assert body["config"] == {"reload_successful": False, "reloaded_at": MADE_AT - 600}
+    assert body["model"]["load_failures"] == {"invalid": 1}
+    assert body["dropped_series"] == {"max_series": 40_000}
+    assert body["cycle_failures"] == {"source": 2}
 
 
 # --- predictions, server, alerts -----------------------------------------------------------------

@@ -45,6 +45,8 @@ RETRAINER = {  # training/retrain/metrics.py `RetrainMetrics`: the retrainer's o
     "forecaster_retrain_interval_seconds",
     "forecaster_retrain_first_run_pending",
     "forecaster_retrain_history_available_seconds",
+    "forecaster_retrain_shadow_cycles",
+    "forecaster_retrain_shadow_decisions_total",
 }
 # A metric name, not part of a recording rule's level:metric:operations name, a path or a file
 # name (`tests/golden/forecaster_metrics.prom`). One ending in "_" is a prefix
