@@ -10,6 +10,7 @@ a version directory of safetensors + JSON.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import shlex
@@ -23,6 +24,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pandas as pd
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from pytorch_forecasting import TimeSeriesDataSet
 
 from forecaster.config import PrometheusSettings
@@ -54,6 +56,9 @@ class TrainOptions:
     absent_fraction: float = 0.0  # extra copies of this share of series with quantities absent
     device: str = "auto"
     threads: int | None = None
+    devices: int = 1  # Lightning's devices, num_nodes and strategy (e.g. 2, 1, "ddp")
+    num_nodes: int = 1
+    strategy: str = "auto"
 
 
 def accelerator(device: str) -> str:
@@ -95,7 +100,9 @@ def train(
     model = build_model(training, config, weights)
     trainer = pl.Trainer(
         accelerator=accelerator(options.device),
-        devices=1,
+        devices=options.devices,
+        num_nodes=options.num_nodes,
+        strategy=options.strategy,
         max_epochs=options.max_epochs,
         max_time={"seconds": int(options.max_time_s)},
         limit_train_batches=options.batches_per_epoch,
@@ -118,15 +125,29 @@ def train(
         ),
     )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    digest = weights_digest(model)
     metrics.update(
         seconds=round(time.monotonic() - started, 1),
         epochs=trainer.current_epoch,
         steps=trainer.global_step,
         training_windows=len(training),
         parameters=sum(p.numel() for p in model.parameters()),
+        world_size=trainer.world_size,
+        weights_sha256=digest,
     )
+    log.info("rank %d of %d: weights sha256 %s", trainer.global_rank, trainer.world_size, digest)
     model.eval()
     return ModelBundle(config, model.cpu(), training.get_parameters()), metrics
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter, by name: equal across the ranks of a distributed run once
+    their gradients have been all-reduced."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def write_version(
@@ -188,6 +209,18 @@ def _parser() -> argparse.ArgumentParser:
         "export only some (0 = none), e.g. 0.5",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="devices per node (Lightning's `devices`)"
+    )
+    parser.add_argument(
+        "--num-nodes", type=int, default=1, help="machines (Lightning's `num_nodes`)"
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=("auto", "ddp", "ddp_spawn"),
+        default="auto",
+        help="Lightning's strategy; ddp: one process per device, gloo on the CPU, NCCL on GPUs",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--log.level", dest="log_level", default="info")
     return parser
@@ -228,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--prometheus.url: {error}")
         with PrometheusSource(settings) as source:
             wide = source.fetch_history(expressions, args.start.timestamp(), args.end.timestamp())
+    if args.devices < 1 or args.num_nodes < 1:
+        parser.error("--devices and --num-nodes: at least 1")
     if not 0.0 <= args.absent_fraction <= 1.0:
         parser.error("--absent-fraction: a share of the series, from 0 to 1")
     options = TrainOptions(
@@ -240,8 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         absent_fraction=args.absent_fraction,
         device=args.device,
         threads=args.threads,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
     )
     bundle, metrics = train(wide, config, options)
+    if rank_zero_only.rank != 0:  # a distributed run: only the global rank 0 writes the version
+        return 0
     info = {
         "version": args.version,
         "contract_version": contract.version,
@@ -255,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         "seed": options.seed,
         "metrics": metrics,
         "host": {"cpus": os.cpu_count(), "device": accelerator(options.device)},
+        "distributed": {
+            "world_size": metrics["world_size"],
+            "devices": options.devices,
+            "num_nodes": options.num_nodes,
+            "strategy": options.strategy,
+        },
     }
     registry = Registry(args.models_dir)
     version = write_version(registry, bundle, wide, info)
