@@ -30,6 +30,7 @@ PAGES = (
     "CONTRACT.md",
     "ALERTING.md",
     "DEPLOYMENT.md",
+    "SCALING.md",
     "DEVELOPMENT.md",
 )
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9.-]*[a-z0-9]")
