@@ -10,9 +10,9 @@ TORCH_VERSION ?= 2.13.0
 # Debian packages: the real Prometheus, Alertmanager (amtool) and node_exporter used by the demo
 # and the tests, and docker-compose (installed without the Docker engine) to validate
 # docker-compose.yml.
-APT_PACKAGES ?= prometheus prometheus-alertmanager prometheus-node-exporter docker-compose
+APT_PACKAGES ?= prometheus prometheus-alertmanager prometheus-node-exporter victoria-metrics docker-compose
 # Matches the command lines of daemons that apt's maintainer scripts may start.
-DAEMON_PATTERN := ^/usr/bin/prometheus
+DAEMON_PATTERN := ^/usr/bin/(prometheus|victoria-metrics)
 
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
