@@ -165,9 +165,30 @@ def _publish_persisted(hub, config: Config) -> None:
 
     snapshot = load_snapshot(config.state.dir)
     if snapshot is not None:
+        snapshot = _own_share(snapshot, config.shard.index, config.shard.count)
         state = ServiceState(shard_index=config.shard.index, shard_count=config.shard.count)
         hub.publish(snapshot, state, now=time.time())
         log.info("serving the persisted snapshot of %d instances", len(snapshot.instances))
+
+
+def _own_share(snapshot: Snapshot, index: int, count: int) -> Snapshot:
+    """The persisted snapshot's instances that this shard owns now: after a change of
+    `shard.count` another replica owns some of them, and two replicas must never export one
+    instance's forecasts (they would collide in Prometheus under `honor_labels`)."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from forecaster.features import shard_of
+
+    kept = {k: v for k, v in snapshot.instances.items() if shard_of(k, count) == index}
+    if len(kept) == len(snapshot.instances):
+        return snapshot
+    log.info(
+        "the persisted snapshot holds %d instances of other shards (shard.count changed): "
+        "dropped until the next cycle",
+        len(snapshot.instances) - len(kept),
+    )
+    return replace(snapshot, instances=MappingProxyType(kept))
 
 
 def build(config: Config, token: str | None, web: WebConfig | None = None):

@@ -41,6 +41,11 @@ def host_id(instance: str) -> str:
     return hashlib.sha256(instance.encode()).hexdigest()[:16]
 
 
+def shard_of(instance: str, count: int) -> int:
+    """The shard owning `instance`: its SHA-256 host id modulo `count` (no coordination)."""
+    return int(host_id(instance), 16) % count
+
+
 def calendar(seconds: ArrayLike) -> dict[str, NDArray[np.float64]]:
     """Hour-of-day and day-of-week as sin/cos pairs for unix times in seconds (UTC)."""
     t = np.asarray(seconds, dtype=np.float64)

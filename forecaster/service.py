@@ -39,7 +39,7 @@ from forecaster.clean import CleanConfig, clean
 from forecaster.config import Config, reloadable
 from forecaster.contract import Contract, Quantity
 from forecaster.engine import ForecastSet, forecast
-from forecaster.features import host_id, profile_of
+from forecaster.features import profile_of, shard_of
 from forecaster.guard import METHODS as GUARD_METHODS
 from forecaster.guard import Guard, guard_params
 from forecaster.records import from_records
@@ -93,11 +93,6 @@ def _scores(result: ForecastSet, quantity: str, row: int) -> Mapping[str, float]
             if np.isfinite(v)
         }
     )
-
-
-def shard_of(instance: str, count: int) -> int:
-    """The shard owning `instance`: its SHA-256 host id modulo `count` (no coordination)."""
-    return int(host_id(instance), 16) % count
 
 
 class Service:

@@ -144,6 +144,29 @@ def test_two_shards_cover_disjoint_sets_whose_union_is_the_fleet():
     assert all(shard_of(name, 2) == 0 for name in seen[0])
 
 
+def test_after_a_shard_count_change_the_replicas_share_the_fleet_anew_and_serve_no_instance_twice():
+    from forecaster.__main__ import _own_share
+    from tests.exporter_fixtures import fixed_snapshot
+
+    fleet = [f"host{i:03d}" for i in range(60)]
+    seen = []
+    for index in range(3):  # 2 -> 3 replicas: each restarted with the new count
+        source = FakeSource(fleet)
+        service, published = make_service(
+            source, ["--shard.count", "3", "--shard.index", str(index)]
+        )
+        service.run_cycle()
+        seen.append(set(published[-1][0].instances))
+    assert sum(len(s) for s in seen) == len(fleet) and set().union(*seen) == set(fleet)
+    # before its first cycle a restarted replica serves its persisted snapshot, cut to its share
+    persisted = fixed_snapshot()  # written by one replica of a smaller count: every instance
+    assert _own_share(persisted, 0, 1) is persisted
+    shares = [set(_own_share(persisted, i, 3).instances) for i in range(3)]
+    assert set().union(*shares) == set(persisted.instances)
+    assert sum(len(s) for s in shares) == len(persisted.instances)
+    assert all(shard_of(name, 3) == i for i, share in enumerate(shares) for name in share)
+
+
 @pytest.mark.fault("B8", "C6")
 def test_new_instance_is_forecast_at_the_next_cycle():
     source = FakeSource(FLEET)
