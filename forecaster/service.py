@@ -140,6 +140,7 @@ class Service:
         self._failures: Counter[str] = Counter()
         self._clean_events: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
+        self._over_capacity = False  # whether the last cycle dropped instances over max_series
         self._series_hint: dict[str, int] = {}
         self._input_warnings: dict[str, str] = {}
         self._profiles: dict[str, str] = {}
@@ -232,6 +233,19 @@ class Service:
         excess = set(alive[self.config.cycle.max_series :])
         if excess:
             self._dropped["max_series"] += len(excess)
+        if bool(excess) != self._over_capacity:  # one line per change, not one per cycle
+            self._over_capacity = bool(excess)
+            if excess:
+                log.warning(
+                    "over capacity: %d instances, cycle.max_series %d; %d not forecast "
+                    '(forecaster_dropped_series_total{reason="max_series"}); shard the fleet '
+                    "(--shard.index/--shard.count, docs/SCALING.md) or raise the limit",
+                    len(alive),
+                    self.config.cycle.max_series,
+                    len(excess),
+                )
+            else:
+                log.info("back within capacity: %d instances", len(alive))
         self.window.drop(vanished | excess)
 
     def _forecast_and_build(self) -> Snapshot:

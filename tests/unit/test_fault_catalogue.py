@@ -180,7 +180,7 @@ def test_a_restarting_prometheus_is_backed_off_and_the_first_cycle_after_ready_i
 
 
 @pytest.mark.fault("B8")
-def test_instances_over_max_series_are_dropped_and_counted():
+def test_instances_over_max_series_are_dropped_and_counted(caplog):
     fleet = [f"host{i:03d}" for i in range(6)]
     source = FakeSource(fleet)
     config = load_config(["--state.dir", "", "--cycle.max-series", "4"], {})
@@ -188,12 +188,21 @@ def test_instances_over_max_series_are_dropped_and_counted():
     service = Service(
         config, source, None, lambda s, st: published.append((s, st)), clock=source.now
     )
-    assert service.run_cycle()
+    with caplog.at_level(logging.WARNING, logger="forecaster.service"):
+        assert service.run_cycle()
+        source.now_value += 300
+        assert service.run_cycle()
     snapshot, state = published[-1]
     assert len(snapshot.instances) == 4
-    assert state.dropped_series["max_series"] == 2
+    assert state.dropped_series["max_series"] == 4  # 2 a cycle
     text = render(snapshot, state, now=source.now_value, stale_after=1800.0).decode()
-    assert 'forecaster_dropped_series_total{reason="max_series"} 2.0' in text
+    assert 'forecaster_dropped_series_total{reason="max_series"} 4.0' in text
+    over = [r.getMessage() for r in caplog.records if "over capacity" in r.getMessage()]
+    assert over == [
+        "over capacity: 6 instances, cycle.max_series 4; 2 not forecast "
+        '(forecaster_dropped_series_total{reason="max_series"}); shard the fleet '
+        "(--shard.index/--shard.count, docs/SCALING.md) or raise the limit"
+    ], "one line when it starts, not one per cycle"
 
 
 # --- B9: a counter reset (simulator restart) -------------------------------------------------
