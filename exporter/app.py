@@ -11,6 +11,7 @@ service's job). Every error body is JSON `{"error", "reason"}`, without tracebac
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hmac
 import json
 import logging
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Path, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
@@ -28,9 +29,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from exporter import schemas
-from exporter.collector import CONTENT_TYPE, is_stale
-from exporter.hub import Broadcaster, Hub
-from exporter.views import alerts_body, dumps, fresh_instances, server_body, status_body
+from exporter.collector import CONTENT_TYPE, GZIP_LEVEL, is_stale
+from exporter.hub import Broadcaster, Hub, Published
+from exporter.views import (
+    alerts_body,
+    current_body,
+    dumps,
+    fresh_instances,
+    server_body,
+    status_body,
+)
 from exporter.websocket import add_websocket_route
 from webcommon.errors import CatchUnexpected
 
@@ -295,15 +303,29 @@ def _read_routes(app: FastAPI, hub: Hub, stale_after: float, clock: Callable[[],
         "/predictions/current",
         summary="Every fresh server's forecasts, the active alerts and the fleet outlook",
         description=schemas.QUANTITY_DOC
-        + " Servers whose forecast is older than stale_after are left out.",
+        + " Servers whose forecast is older than stale_after are left out. With `limit`, one"
+        " page of servers in name order from `offset`, its alerts and the fleet outlook;"
+        " `metadata.total` and `metadata.next_offset` (null on the last page) say what is left.",
         responses={200: {"model": schemas.CurrentBody}},
     )
     async def predictions_current(
         accept_encoding: Annotated[str | None, Header()] = None,
+        limit: Annotated[
+            int | None,
+            Query(ge=1, le=MAX_PAGE, description="servers per page (default: every server)"),
+        ] = None,
+        offset: Annotated[
+            int, Query(ge=0, description="with limit: servers to skip, in name order")
+        ] = 0,
     ) -> Response:
         published, now = hub.current, clock()
         gzipped = accepts_gzip(accept_encoding)
-        body = await run_in_threadpool(published.predictions_json, now, stale_after, gzipped)
+        if limit is not None:
+            body = await run_in_threadpool(
+                _page, published, now, stale_after, (offset, limit), gzipped
+            )
+        else:
+            body = await run_in_threadpool(published.predictions_json, now, stale_after, gzipped)
         headers = {"Vary": "Accept-Encoding"}
         if gzipped:
             headers["Content-Encoding"] = "gzip"
@@ -420,3 +442,28 @@ def first_error(errors: Sequence[Any]) -> str:
     where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query"))
     message = str(first.get("msg", "invalid"))
     return f"{where}: {message}" if where else message
+
+
+MAX_PAGE = 1000
+"""The most servers one `/predictions/current?limit=` page holds."""
+
+
+def _page(
+    published: Published, now: float, stale_after: float, window: tuple[int, int], gzipped: bool
+) -> bytes:
+    """One page of `/predictions/current`: the fresh servers in name order from `offset`, their
+    alerts, the fleet outlook, and where the next page starts (`metadata.next_offset`, null on
+    the last page)."""
+    offset, limit = window
+    fresh = sorted(fresh_instances(published.snapshot, now, stale_after), key=lambda i: i.instance)
+    page = fresh[offset : offset + limit]
+    body = current_body(published.snapshot, published.state, page)
+    following = offset + limit
+    body["metadata"].update(
+        total=len(fresh),
+        offset=offset,
+        limit=limit,
+        next_offset=following if following < len(fresh) else None,
+    )
+    data = dumps(body)
+    return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0) if gzipped else data

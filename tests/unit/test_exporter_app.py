@@ -844,3 +844,28 @@ def test_close_all_closes_every_client_with_1001():
         return socket
 
     assert asyncio.run(scenario()).closed_with == 1001
+
+
+def test_predictions_current_pages_in_name_order_and_says_where_the_next_page_starts(client):
+    whole = client.get("/predictions/current").json()
+    names = sorted(whole["predictions"])
+    first = client.get("/predictions/current", params={"limit": 2}).json()
+    assert list(first["predictions"]) == names[:2]
+    assert first["metadata"] == {
+        **whole["metadata"],
+        "total": len(names),
+        "offset": 0,
+        "limit": 2,
+        "next_offset": 2,
+    }
+    last = client.get("/predictions/current", params={"limit": 2, "offset": 2}).json()
+    assert list(last["predictions"]) == names[2:] and last["metadata"]["next_offset"] is None
+    assert last["environment"] == whole["environment"], "the fleet outlook is the whole fleet's"
+    paged = {a["server_name"] for page in (first, last) for a in page["alerts"]}
+    assert paged == {a["server_name"] for a in whole["alerts"]}
+    gzipped = client.get("/predictions/current?limit=2", headers={"Accept-Encoding": "gzip"})
+    assert gzipped.headers["content-encoding"] == "gzip" and gzipped.json() == first
+    for bad in ({"limit": 0}, {"limit": 1001}, {"limit": 2, "offset": -1}, {"limit": "x"}):
+        answer = client.get("/predictions/current", params=bad)
+        assert answer.status_code == 400, (bad, answer.status_code)
+        assert set(answer.json()) >= {"error", "reason"}
