@@ -146,18 +146,41 @@ def _history(config: Config) -> int:
 
 
 def _post(config: Config, path: str, payload: dict) -> int:
+    import ssl
+
     import httpx
+
+    from webcommon.webconfig import client_ssl_context
 
     token = _read_token(config.token_file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    verify: ssl.SSLContext | bool = True
+    if config.tls_ca_file or config.tls_cert_file:
+        try:
+            verify = client_ssl_context(
+                config.tls_ca_file, config.tls_cert_file, config.tls_key_file
+            )
+        except (OSError, ssl.SSLError) as exc:
+            log.error("cannot load the TLS files (--tls.*): %s", exc)
+            return 2
     try:
-        response = httpx.post(
-            config.url.rstrip("/") + path, json=payload, headers=headers, timeout=10.0
-        )
+        with httpx.Client(verify=verify, timeout=10.0) as client:
+            response = client.request(
+                "POST",
+                config.url.rstrip("/") + path,
+                json=payload,
+                headers=headers,
+                extensions={"sni_hostname": config.tls_server_name}
+                if config.tls_server_name
+                else {},
+            )
     except httpx.HTTPError as exc:
         log.error("cannot reach the simulator at %s: %s", config.url, exc)
         return 1
-    print(json.dumps(response.json(), indent=2))
+    try:
+        print(json.dumps(response.json(), indent=2))
+    except ValueError:  # an answer that is not JSON (a proxy, basic auth's 401)
+        print(f"{response.status_code} {response.text[:500]}")
     return 0 if response.is_success else 1
 
 

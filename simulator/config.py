@@ -71,6 +71,10 @@ class Config:
     scrape_interval: float = 60.0
     job: str = "node"
     url: str = "http://127.0.0.1:9100"
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_server_name: str | None = None
     node: str | None = None
     kind: str | None = None
     ramp: float = 1200.0
@@ -85,6 +89,16 @@ COMMON: dict[str, Option] = {
     "--epoch": ("epoch", parse_time, "time the simulated counters start (unix s or RFC 3339)"),
     "--incident.rate": ("incident_rate", float, "scheduled incidents per node and day"),
     "--log.level": ("log_level", str, "debug, info, warning or error"),
+}
+CLIENT_TLS: dict[str, Option] = {  # how `scenario` and `incident` reach an https:// simulator
+    "--tls.ca-file": ("tls_ca_file", Path, "CA certificates that verify the simulator's"),
+    "--tls.cert-file": ("tls_cert_file", Path, "client certificate sent to the simulator"),
+    "--tls.key-file": ("tls_key_file", Path, "the key of the client certificate"),
+    "--tls.server-name": (
+        "tls_server_name",
+        str,
+        "the name the simulator's certificate must carry (sent as SNI; default: the URL's host)",
+    ),
 }
 COMMANDS: dict[str, dict[str, Option]] = {
     "serve": {
@@ -106,10 +120,12 @@ COMMANDS: dict[str, dict[str, Option]] = {
     "scenario": {
         "--url": ("url", str, "simulator base URL"),
         "--web.token-file": ("token_file", Path, "bearer token file"),
+        **CLIENT_TLS,
     },
     "incident": {
         "--url": ("url", str, "simulator base URL"),
         "--web.token-file": ("token_file", Path, "bearer token file"),
+        **CLIENT_TLS,
         "--node": ("node", str, "node to break"),
         "--kind": ("kind", str, ", ".join(sch.KIND_BY_NAME)),
         "--ramp": ("ramp", parse_duration, "precursor length before the breach"),
@@ -212,6 +228,10 @@ def _validate(c: Config) -> str | None:
         ),
         (c.ramp > 0, "--ramp must be positive"),
         (c.command != "incident" or (c.node and c.kind), "incident needs --node and --kind"),
+        (
+            (c.tls_cert_file is None) == (c.tls_key_file is None),
+            "--tls.cert-file and --tls.key-file go together",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -230,6 +230,54 @@ def test_a_client_certificate_is_required_where_the_file_says_so(listeners, pki)
         client.get(url, headers=_basic(), extensions=sni)
 
 
+def _steer(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "simulator", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.fault("H3")
+def test_the_scenario_and_incident_commands_reach_a_tls_simulator_with_the_ca(
+    listeners, pki, tmp_path
+):
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    url = listeners["good"].url
+    common = ("--url", url, "--web.token-file", str(token))
+    done = _steer("scenario", "healthy", *common, "--tls.ca-file", str(pki["ca"].cert))
+    assert done.returncode == 0, done.stderr
+    assert '"scenario": "healthy"' in done.stdout
+    unverified = _steer("scenario", "healthy", *common)  # the system's CAs do not know ours
+    assert unverified.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
+    missing = _steer("scenario", "healthy", *common, "--tls.ca-file", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "cannot load the TLS files" in missing.stderr
+    for result in (done, unverified, missing):
+        assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_the_steering_commands_send_a_client_certificate_and_check_the_server_name(listeners, pki):
+    mtls = ("--url", listeners["mtls"].url, "--tls.ca-file", str(pki["ca"].cert))
+    client = ("--tls.cert-file", str(pki["client"].cert), "--tls.key-file", str(pki["client"].key))
+    named = ("--tls.server-name", "other.example")  # the name its certificate carries
+    done = _steer("scenario", "healthy", *mtls, *client, *named)
+    # the mutating route then wants the token: the TLS handshake, client certificate included,
+    # went through, and the simulator answered
+    assert done.returncode == 1 and '"error": "unauthorized"' in done.stdout, done.stderr
+    without_certificate = _steer("scenario", "healthy", *mtls, *named)
+    assert without_certificate.returncode == 1
+    assert "cannot reach the simulator" in without_certificate.stderr
+    wrong_name = _steer("scenario", "healthy", *mtls, *client)  # 127.0.0.1 is not its name
+    assert wrong_name.returncode == 1 and "certificate" in wrong_name.stderr.lower()
+    half = _steer("scenario", "healthy", *mtls, client[0], client[1])
+    assert half.returncode == 2 and "--tls.cert-file and --tls.key-file" in half.stderr
+
+
 def test_a_bad_web_config_file_exits_2_without_a_traceback(tmp_path):
     config = tmp_path / "web.yml"
     config.write_text("tls_server_config:\n  cert_file: absent.crt\n  key_file: absent.key\n")
