@@ -132,6 +132,8 @@ def test_flags_beat_environment_beat_yaml_beat_defaults(tmp_path):
         (["--train.targets", "cpu_pct"], {}, "train.targets"),
         ([], {"RETRAIN_NICE": "42"}, "nice"),
         (["--web.listen-address", "nowhere"], {}, "web.listen_address"),
+        (["--once", "--shadow.cycles", "3"], {}, "shadow.cycles"),
+        (["--shadow.cycles", "-1"], {}, "shadow.cycles"),
     ],
 )
 def test_invalid_values_exit_2_naming_the_key(argv, env, key, capsys):

@@ -318,6 +318,10 @@ def _check(config: RetrainConfig) -> None:
     """Rules across settings, each naming the key to change."""
     if not config.gate.coverage_min < config.gate.coverage_max:
         raise ConfigError("gate.coverage_min", "must be below gate.coverage_max")
+    if config.once and config.shadow.cycles > 0:
+        raise ConfigError(
+            "shadow.cycles", "the shadow stage runs on the service's schedule: not with --once"
+        )
     needed = config.window().minimum * STEP_SECONDS
     if 0 < config.first_run_after < needed:
         raise ConfigError(
