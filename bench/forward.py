@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bench.common import Context, figure, load
-from bench.inference import _quiet, history_arrays, load_model, make_batch
+from bench.inference import _quiet, compare, history_arrays, load_model, make_batch
 
 NAME = "forward"
 TITLE = "Forward pass: candidates for a faster network call"
@@ -146,12 +146,6 @@ def _timed(call, inputs: list, repeat: int = 2) -> tuple[float, np.ndarray]:
 
 def _eager(model: Any):
     return lambda x: torch.stack(list(model(x)["prediction"]), dim=2).numpy()
-
-
-def _difference(candidate: np.ndarray, reference: np.ndarray) -> float:
-    """Largest |difference| relative to each target's scale (its largest |reference|)."""
-    scale = np.abs(reference).max(axis=(0, 1, 3), keepdims=True)
-    return float((np.abs(candidate - reference) / np.maximum(scale, 1e-12)).max())
 
 
 def _onnx_runtime(static: Any, inputs: list, work: Path) -> dict[str, Any]:
@@ -291,6 +285,6 @@ def _row(candidate: str, seconds: float, forecasts, reference, reference_s: floa
         "candidate": candidate,
         "seconds": seconds,
         "ratio": reference_s / seconds,
-        "max_rel_diff": _difference(forecasts, reference),
+        "max_rel_diff": compare(forecasts, reference)["max_rel_diff"],
         "load": load(),
     }

@@ -6,6 +6,7 @@ One stack per session (`stack`), and one with the forecaster per module that ask
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from time import monotonic, sleep
@@ -66,6 +67,17 @@ def _api(url: str, path: str, params: dict[str, Any]) -> Any:
         raise AssertionError(f"{path} {params} failed: {response.status_code} {body}")
     data = body["data"]
     return data["result"] if isinstance(data, dict) else data
+
+
+def terminate(process: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """Stop a process the test started (by its PID): SIGTERM, then SIGKILL after `grace_s`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str = "condition") -> T:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,18 +17,13 @@ from pathlib import Path
 import pytest
 
 from forecaster.registry import Registry
+from stack.ports import pick_free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch, pytest.mark.timeout(300)]
 pytest.importorskip("pytorch_forecasting")
 
 REPO = Path(__file__).resolve().parents[2]
 RANK_LINE = re.compile(r"rank (\d+) of (\d+): weights sha256 ([0-9a-f]{64})")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_ddp_ranks_on_gloo_train_the_same_weights_and_rank_zero_writes_one_version(tmp_path):
@@ -47,7 +41,7 @@ def test_two_ddp_ranks_on_gloo_train_the_same_weights_and_rank_zero_writes_one_v
         capture_output=True,
         timeout=120,
     )
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(pick_free_ports(1)[0])}
     done = subprocess.run(
         [
             *(sys.executable, "-m", "training.train", "--data", str(history)),

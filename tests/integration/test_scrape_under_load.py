@@ -29,6 +29,8 @@ from exporter.app import build_app
 from exporter.hub import Hub
 from exporter.snapshot import ServiceState
 
+from .conftest import terminate
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,13 +187,7 @@ def training(tmp_path: Path) -> Iterator[subprocess.Popen]:
         time.sleep(2)  # into the fit: datasets built, the first batches running
         yield child
     finally:
-        if child.poll() is None:
-            child.terminate()
-        try:
-            child.wait(30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(10)
+        terminate(child, 30)
 
 
 @pytest.fixture

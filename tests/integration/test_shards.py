@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,8 +26,9 @@ import pytest
 from forecaster.service import shard_of
 from stack import StackInfo
 from stack.config import REPO_ROOT
+from stack.ports import pick_free_ports
 
-from .conftest import FORECAST_CYCLE_S, SIMULATED_NODES, query, wait_for
+from .conftest import FORECAST_CYCLE_S, SIMULATED_NODES, query, terminate, wait_for
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.torch, pytest.mark.slow]
 
@@ -36,17 +36,11 @@ SHARDS = 2
 SERVED = "count by (instance) (forecaster_predicted_cpu_utilisation_ratio)"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def replica(stack: StackInfo, index: int, workdir: Path) -> Iterator[tuple[str, int]]:
     """One forecaster, shard `index` of SHARDS; its address and PID. Stopped (by its PID) at
     the end unless the test stopped it."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{pick_free_ports(1)[0]}"
     log = (workdir / f"shard{index}.log").open("wb")
     process = subprocess.Popen(
         [
@@ -63,13 +57,7 @@ def replica(stack: StackInfo, index: int, workdir: Path) -> Iterator[tuple[str, 
     try:
         yield address, process.pid
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        terminate(process)
         log.close()
 
 

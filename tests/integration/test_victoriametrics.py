@@ -11,7 +11,6 @@ Prometheus. What differs from Prometheus is in docs/SERVICE.md ("Other PromQL se
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,8 +20,9 @@ import httpx
 import pytest
 
 from stack.config import REPO_ROOT
+from stack.ports import pick_free_ports
 
-from .conftest import wait_for
+from .conftest import terminate, wait_for
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.torch, pytest.mark.slow]
 
@@ -34,22 +34,6 @@ TARGETS = {
     "disk_io",
     "request_latency_p95",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 @pytest.fixture
@@ -69,7 +53,7 @@ def victoria(tmp_path: Path) -> Iterator[str]:
         capture_output=True,
         timeout=120,
     )
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{pick_free_ports(1)[0]}"
     process = subprocess.Popen(
         [
             binary,
@@ -96,7 +80,7 @@ def victoria(tmp_path: Path) -> Iterator[str]:
         httpx.get(f"{url}/internal/force_flush", timeout=30).raise_for_status()
         yield url
     finally:
-        _stop(process)
+        terminate(process)
 
 
 def _healthy(url: str) -> bool | None:
@@ -120,7 +104,7 @@ def _forecasts(address: str) -> dict | None:
 def test_a_forecast_cycle_against_victoriametrics_serves_every_server_with_the_tft(
     victoria, tmp_path
 ):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{pick_free_ports(1)[0]}"
     log = (tmp_path / "forecaster.log").open("wb")
     forecaster = subprocess.Popen(
         [
@@ -139,7 +123,7 @@ def test_a_forecast_cycle_against_victoriametrics_serves_every_server_with_the_t
         )
         status = httpx.get(f"http://{address}/status", timeout=5).json()
     finally:
-        _stop(forecaster)
+        terminate(forecaster)
         log.close()
     assert status["source_up"] is True and status["input_partial"] is False
     for instance, quantities in predictions.items():

@@ -19,9 +19,8 @@ A sample of the exposition after one rejected run (weekly interval)::
     forecaster_retrain_shadow_decisions_total{decision="promoted"} 0.0
 
 `last_success` is the end of the last run that completed the gate, promoted, rejected or
-shadowed (the
-job worked, whatever it decided); until a first one it is the process start, so a fresh
-install does not alert. The alert ForecasterRetrainFailing reads
+shadowed (the job worked, whatever it decided); until a first one it is the process start, so
+a fresh install does not alert. The alert ForecasterRetrainFailing reads
 `time() - forecaster_retrain_last_success_timestamp_seconds
 > 2 * forecaster_retrain_interval_seconds`.
 """

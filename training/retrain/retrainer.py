@@ -462,9 +462,8 @@ class Retrainer:
         steps it holds after that start."""
         since = float(state["since_ts"])
         span = min(self.config.history, max(0.0, now - since) + (context + 1) * STEP_SECONDS)
-        source = shadow.FreshSource(self.config.prometheus, self.config.data, span)
-        config = self._model_config()
-        quantities = list(dict.fromkeys(model_quantities(config)))
+        source = self.config.model_copy(update={"history": span})  # the same source, shorter
+        quantities = model_quantities(self._model_config())
         wide = load_history(source, self.contract, quantities, now, self._transport)
         if wide.empty:
             return wide, 0

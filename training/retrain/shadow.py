@@ -23,25 +23,13 @@ live series: only the retrainer's status and metrics show them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forecaster.config import PrometheusSettings
 from forecaster.registry import write_json_atomic
 
 STATE = "shadow.json"
 DECISIONS = ("promoted", "rejected", "superseded")
-
-
-@dataclass(frozen=True)
-class FreshSource:
-    """The `training.history.Source` of one shadow cycle: the retrainer's source, over only
-    the history since the shadow started (plus context)."""
-
-    prometheus: PrometheusSettings
-    data: Path | None
-    history: float
 
 
 def load_state(root: Path) -> dict[str, Any] | None:
