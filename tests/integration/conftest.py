@@ -7,6 +7,7 @@ One stack per session (`stack`), and one with the forecaster per module that ask
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from time import monotonic, sleep
@@ -67,6 +68,22 @@ def _api(url: str, path: str, params: dict[str, Any]) -> Any:
         raise AssertionError(f"{path} {params} failed: {response.status_code} {body}")
     data = body["data"]
     return data["result"] if isinstance(data, dict) else data
+
+
+def simulated_history(out: Path, servers: int, days: float, openmetrics_hours: float = 0) -> Path:
+    """`python -m simulator history` into `out` (the CLI, as a user runs it); `out`."""
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "simulator", "history", "--servers", str(servers)),
+            *("--days", str(days), "--openmetrics-hours", str(openmetrics_hours)),
+            *("--out", str(out)),
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    return out
 
 
 def terminate(process: subprocess.Popen, grace_s: float = 20.0) -> None:

@@ -19,6 +19,8 @@ import pytest
 from forecaster.registry import Registry
 from stack.ports import pick_free_ports
 
+from .conftest import simulated_history
+
 pytestmark = [pytest.mark.slow, pytest.mark.torch, pytest.mark.timeout(300)]
 pytest.importorskip("pytorch_forecasting")
 
@@ -31,16 +33,7 @@ def test_two_ddp_ranks_on_gloo_train_the_same_weights_and_rank_zero_writes_one_v
     from training.train import weights_digest
 
     history, models = tmp_path / "history", tmp_path / "models"
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "simulator", "history", "--servers", "3", "--days", "3"),
-            *("--openmetrics-hours", "0", "--out", str(history)),
-        ],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-        timeout=120,
-    )
+    simulated_history(history, servers=3, days=3)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(pick_free_ports(1)[0])}
     done = subprocess.run(
         [

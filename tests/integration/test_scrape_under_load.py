@@ -29,7 +29,7 @@ from exporter.app import build_app
 from exporter.hub import Hub
 from exporter.snapshot import ServiceState
 
-from .conftest import terminate
+from .conftest import simulated_history, terminate
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -159,16 +159,7 @@ def cycles(published: Published) -> Iterator[threading.Event]:
 def training(tmp_path: Path) -> Iterator[subprocess.Popen]:
     """A real training run on a tiny simulated history in a child process, until it fits."""
     history, log = tmp_path / "history", tmp_path / "train.log"
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "simulator", "history", "--servers", "3", "--days", "3"),
-            *("--openmetrics-hours", "0", "--out", str(history)),
-        ],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-        timeout=120,
-    )
+    simulated_history(history, servers=3, days=3)
     argv = [
         *(sys.executable, "-m", "training.train", "--data", str(history), "--threads", "1"),
         *("--models.dir", str(tmp_path / "models"), "--max-epochs", "1000"),

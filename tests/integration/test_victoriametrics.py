@@ -22,7 +22,7 @@ import pytest
 from stack.config import REPO_ROOT
 from stack.ports import pick_free_ports
 
-from .conftest import terminate, wait_for
+from .conftest import simulated_history, terminate, wait_for
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.torch, pytest.mark.slow]
 
@@ -43,16 +43,7 @@ def victoria(tmp_path: Path) -> Iterator[str]:
     if binary is None:
         pytest.fail("victoria-metrics not found on PATH (Debian package victoria-metrics)")
     history = tmp_path / "history"
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "simulator", "history", "--servers", str(SERVERS)),
-            *("--days", "1", "--openmetrics-hours", "4", "--out", str(history)),
-        ],
-        check=True,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        timeout=120,
-    )
+    simulated_history(history, servers=SERVERS, days=1, openmetrics_hours=4)
     url = f"http://127.0.0.1:{pick_free_ports(1)[0]}"
     process = subprocess.Popen(
         [
